@@ -1,0 +1,37 @@
+# One command to run the site, one to test it. Both build .venv on first use.
+#   make run     the site on http://127.0.0.1:8000 (SQLite, in-process servings)
+#   make test    the whole test suite (what CI runs)
+#   make stack   the distributed setup: Redis + Celery worker + ASGI server
+#   make bench   the serving benchmark (bench/README.md)
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+SHARED_SENTIMENT := $(wildcard ../shared/models/sentiment-minilm-sst2)
+# Use the checkout's shared weights when present, unless told otherwise.
+export SENTIMENT_MODEL ?= $(SHARED_SENTIMENT)
+
+.PHONY: install run test stack worker bench migrate clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first, pinned, so nothing can pull CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+run: migrate
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) webapp.asgi:application
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) db.sqlite3 staticfiles

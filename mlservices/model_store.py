@@ -1,0 +1,181 @@
+"""Where weights come from: a local folder, or a Hub id at a pinned commit.
+
+``locate(ModelSource(...))`` returns a folder holding verified weights:
+
+- a local folder is used as is; its weights file must be safetensors or ONNX
+  (pickle checkpoints are refused) and, when ``sha256`` is pinned, hash to it;
+- a Hub id needs ``revision`` pinned to a 40-hex commit. The snapshot lives in
+  the model store (``$MLSERVICES_MODEL_DIR``, default
+  ``~/.cache/mlservices/models``); if absent it is downloaded, the weights are
+  checked against the pinned ``sha256`` (or, unpinned, the sha256 the Hub
+  declares for that commit) and the hash is written to a manifest that every
+  later load checks again. Offline, or with ``MLSERVICES_OFFLINE=1``, a missing
+  snapshot is a ``ModelNotInstalled`` error that says how to install it.
+
+The returned ``Located.version`` names the weights for people: ``id@commit``
+for Hub models, ``folder@sha256:<12 hex>`` for local folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import IntegrityError, InvalidInput, ModelNotInstalled
+
+MANIFEST = "mlservices-manifest.json"
+SAFE_SUFFIXES = (".safetensors", ".onnx")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    ref: str  # a local folder, or a Hub id such as "org/name"
+    revision: str | None = None  # the Hub commit (40 hex); ignored for folders
+    weights: str = "model.safetensors"  # the weights file inside the folder
+    sha256: str | None = None  # pin the weights' hash
+    files: tuple[str, ...] = ("*.json", "*.txt", "*.model", "*.safetensors", "*.onnx")
+    install_hint: str = ""  # how to install it, shown in errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Located:
+    path: Path
+    version: str
+    sha256: str
+
+
+def store_dir() -> Path:
+    return Path(os.environ.get("MLSERVICES_MODEL_DIR") or Path.home() / ".cache" / "mlservices" / "models")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_local(ref: str) -> bool:
+    """Paths start with . / ~, exist, or have more parts than a Hub "org/name"."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or Path(ref).expanduser().exists()
+
+
+def locate(source: ModelSource) -> Located:
+    if is_local(source.ref):
+        return _local(source)
+    return _hub(source)
+
+
+def _check_weights_name(source: ModelSource) -> None:
+    if not source.weights.endswith(SAFE_SUFFIXES):
+        raise InvalidInput(
+            f"weights file {source.weights!r}: only safetensors or ONNX weights are loaded "
+            "(pickle-based checkpoints can run code when opened); convert it to safetensors"
+        )
+
+
+def _verify(path: Path, expected: str | None, what: str) -> str:
+    actual = sha256_of(path)
+    if expected and actual != expected.lower():
+        raise IntegrityError(
+            f"{what}: sha256 is {actual}, expected {expected.lower()}; the file is corrupt or "
+            "not the pinned version. Delete it and install again, or fix the pinned sha256"
+        )
+    return actual
+
+
+def _local(source: ModelSource) -> Located:
+    _check_weights_name(source)
+    folder = Path(source.ref).expanduser().resolve()
+    hint = f" {source.install_hint}" if source.install_hint else ""
+    if not folder.exists():
+        raise ModelNotInstalled(f"model folder {folder} does not exist.{hint}")
+    weights = folder / source.weights if folder.is_dir() else folder
+    if not weights.is_file():
+        pickles = [p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES] if folder.is_dir() else []
+        extra = (
+            f" It holds {', '.join(pickles)}, a pickle format this project refuses to load; "
+            "convert it to safetensors." if pickles else ""
+        )
+        raise ModelNotInstalled(f"no {source.weights} in {folder}.{extra}{hint}")
+    pinned = source.sha256 or _manifest_sha(weights.parent, source.weights)
+    digest = _verify(weights, pinned, str(weights))
+    return Located(weights.parent, f"{weights.parent.name}@sha256:{digest[:12]}", digest)
+
+
+def _manifest_sha(folder: Path, weights: str) -> str | None:
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text()).get("files", {}).get(weights)
+
+
+def snapshot_dir(source: ModelSource) -> Path:
+    return store_dir() / source.ref.replace("/", "--") / (source.revision or "unpinned")
+
+
+def _hub(source: ModelSource) -> Located:
+    _check_weights_name(source)
+    if not source.revision or not COMMIT.match(source.revision):
+        raise InvalidInput(
+            f"model {source.ref!r}: revision={source.revision!r}; pin the 40-hex commit "
+            "(branches and tags move under you). Find it on the model's 'Files' page"
+        )
+    folder = snapshot_dir(source)
+    if not (folder / MANIFEST).is_file():
+        download(source)
+    weights = folder / source.weights
+    digest = _verify(weights, source.sha256 or _manifest_sha(folder, source.weights), str(weights))
+    return Located(folder, f"{source.ref}@{source.revision[:7]}", digest)
+
+
+def download(source: ModelSource) -> Path:
+    """Fetch a pinned Hub snapshot into the store, verifying the weights' hash."""
+    folder = snapshot_dir(source)
+    hint = f" {source.install_hint}" if source.install_hint else ""
+    if os.environ.get("MLSERVICES_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
+        raise ModelNotInstalled(
+            f"model {source.ref}@{source.revision[:7]} is not in the model store ({folder}) and "
+            f"downloads are off (MLSERVICES_OFFLINE/HF_HUB_OFFLINE is set).{hint}"
+        )
+    try:
+        from huggingface_hub import HfApi, snapshot_download
+
+        expected = source.sha256
+        if not expected:
+            (info,) = HfApi().get_paths_info(source.ref, [source.weights], revision=source.revision)
+            expected = info.lfs.sha256 if info.lfs else None
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
+        snapshot_download(
+            source.ref, revision=source.revision, local_dir=staging, allow_patterns=list(source.files)
+        )
+    except Exception as exc:  # offline, unknown repo, rate limits: all end the same way
+        raise ModelNotInstalled(
+            f"could not download {source.ref}@{source.revision[:7]} from the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}). "
+            f"Is this machine offline?{hint}"
+        ) from exc
+    try:
+        if not expected:
+            raise IntegrityError(f"the Hub declares no sha256 for {source.weights}; pin one with sha256=")
+        digest = _verify(staging / source.weights, expected, f"{source.ref}/{source.weights}")
+        (staging / MANIFEST).write_text(
+            json.dumps({"repo": source.ref, "revision": source.revision, "files": {source.weights: digest}}, indent=2)
+        )
+        shutil.rmtree(staging / ".cache", ignore_errors=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

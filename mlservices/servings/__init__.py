@@ -1,0 +1,1 @@
+"""The servings that ship with the project; ``registry.discover()`` imports each module here."""

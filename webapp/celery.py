@@ -1,0 +1,16 @@
+"""The Celery app of the distributed mode; the worker is started with
+
+    celery -A webapp worker -P threads -c 32 -Q sentiment
+
+(see docs/worker.md). Settings are the Django ones prefixed ``CELERY_``.
+"""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+
+app = Celery("webapp")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["webapp.jobs"])

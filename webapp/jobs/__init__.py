@@ -1,0 +1,1 @@
+"""Jobs: the persisted requests that servings run, their API, and their websocket."""

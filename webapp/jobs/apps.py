@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+from django.conf import settings
+
+
+class JobsConfig(AppConfig):
+    name = "webapp.jobs"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        import mlservices
+
+        mlservices.discover()
+        # Configuring loads nothing: each serving loads on first use (in-process
+        # mode) or when the worker starts (Celery mode).
+        mlservices.configure(settings.MLSERVICES)

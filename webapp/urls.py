@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import path
+
+from webapp.jobs import api, pages
+
+urlpatterns = [
+    path("", pages.home, name="home"),
+    path("api/jobs", api.jobs, name="api-jobs"),
+    path("api/jobs/<uuid:job_id>", api.job_detail, name="api-job"),
+    path("api/servings", api.servings, name="api-servings"),
+    path("admin/", admin.site.urls),
+]
