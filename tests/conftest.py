@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random models, the real weights in ../shared, services.
+
+Tests that need something this machine may lack (``../shared``, Redis,
+Chromium) skip with the reason, except under ``CI=true``, where a missing part
+is a failure: CI must never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+TINY_VOCAB = (
+    "[PAD] [UNK] [CLS] [SEP] [MASK] i you we it this that the a an is was are be love loved like "
+    "hate hated good great bad awful terrible movie film story plot acting not very so and but "
+    ". , ! ? ##s ##ed ##ing ##ly"
+).split()
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when ``condition`` is false; fail instead under CI=true."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+
+
+def build_tiny_sentiment_model(folder: Path) -> Path:
+    """A randomly initialised BERT classifier (2 labels) with a tiny vocabulary."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sentiment_model(tmp_path_factory) -> Path:
+    return build_tiny_sentiment_model(tmp_path_factory.mktemp("tiny-sentiment"))
+
+
+@pytest.fixture(scope="session")
+def shared_sentiment_model() -> Path:
+    path = SHARED / "models" / "sentiment-minilm-sst2"
+    require(path.is_dir(), f"the real sentiment model is not at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sst2_dev() -> list[tuple[str, int]]:
+    path = SHARED / "data" / "text" / "sst2_dev.tsv"
+    require(path.is_file(), f"the SST-2 dev set is not at {path}")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        sentence, _, label = line.rpartition("\t")
+        if label.strip() in ("0", "1"):
+            rows.append((sentence, int(label)))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        require(False, f"no Redis at {REDIS_URL} ({exc})")
+    return REDIS_URL
