@@ -46,6 +46,11 @@ def register(name: str):
     return decorate
 
 
+def unregister(name: str) -> None:
+    """Forget ``name`` (tests register toys and clean up after themselves)."""
+    _factories.pop(name, None)
+
+
 def discover(*packages: str) -> list[str]:
     """Import every module of each package (default ``mlservices.servings``)."""
     for package_name in packages or ("mlservices.servings",):

@@ -126,6 +126,7 @@ def toy_runtime():
     runtime = Runtime({"toy": {}}, device="cpu")
     yield toy, runtime
     runtime.close()
+    mlservices.registry.unregister("toy")
 
 
 def run_in_threads(runtime: Runtime, inputs: list) -> list:
