@@ -1,0 +1,318 @@
+"""The home page in a real Chromium, against a real daphne server.
+
+Playwright drives Debian's /usr/bin/chromium (``playwright install`` is never
+run); without it these tests skip, and under CI=true they fail. Every wait is
+Playwright's own ``expect``/``wait_for`` with a deadline: no sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+from tests.live_server import asgi_server, base_env, live_database
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+RESULT_TIMEOUT_MS = 60_000  # the first prediction loads the model in the server
+LABEL = re.compile(r"^(NEGATIVE|POSITIVE)$")
+
+
+@dataclasses.dataclass
+class Site:
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def playwright_browser():
+    require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def _site(tmp_path: Path, sentiment_model: Path) -> Site:
+    log = tmp_path / "daphne.log"
+    with live_database(tmp_path) as database_url:
+        env = base_env(DATABASE_URL=database_url, SENTIMENT_MODEL=str(sentiment_model))
+        with asgi_server(env, log) as url:
+            yield Site(url, log)
+
+
+@pytest.fixture(scope="module")
+def site(playwright_browser, tmp_path_factory, tiny_sentiment_model) -> Site:
+    with _site(tmp_path_factory.mktemp("browser-site"), tiny_sentiment_model) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def site_without_model(playwright_browser, tmp_path_factory) -> Site:
+    tmp_path = tmp_path_factory.mktemp("browser-site-no-model")
+    with _site(tmp_path, tmp_path / "no-such-model") as s:
+        yield s
+
+
+@pytest.fixture
+def page(playwright_browser, request):
+    """A fresh browser context (so a fresh session) whose script errors fail the test."""
+    context = playwright_browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+    yield page
+    context.close()
+    assert not errors, "the page reported errors:\n" + "\n".join(errors)
+
+
+@contextlib.contextmanager
+def server_log_on_failure(site: Site):
+    """Add the server's log to a failed assertion: it says why, the browser cannot."""
+    try:
+        yield
+    except AssertionError as exc:
+        tail = site.log.read_text(errors="replace")[-4000:] if site.log.exists() else "(no log)"
+        raise AssertionError(f"{exc}\n--- daphne log (tail) ---\n{tail}") from exc
+
+
+def open_home(page, site: Site):
+    from playwright.sync_api import expect
+
+    page.goto(site.url + "/")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+
+
+def test_typing_shows_a_label_score_and_model_version(page, site, tiny_sentiment_model):
+    from playwright.sync_api import expect
+
+    with server_log_on_failure(site):
+        open_home(page, site)
+        text = page.locator("#text")
+        expect(text).to_have_attribute("maxlength", "20000")
+        expect(page.get_by_label("Text to analyse")).to_be_visible()
+        expect(page.locator("#save-job")).to_be_disabled()
+
+        text.fill("I loved this movie, the acting was great!")
+
+        expect(page.locator("#char-count")).to_have_text("41 / 20,000")
+        expect(page.locator("#result-label")).to_have_text(LABEL, timeout=RESULT_TIMEOUT_MS)
+        expect(page.locator("#result-model")).to_have_text(
+            re.compile(rf"^{re.escape(tiny_sentiment_model.name)}@sha256:[0-9a-f]{{12}}$")
+        )
+        expect(page.locator("#result-score")).to_have_text(re.compile(r"^\d{1,3}\.\d%$"))
+        expect(page.locator("#result")).to_have_attribute("data-state", "done")
+        expect(page.locator("#result")).to_have_attribute("aria-live", "polite")
+        score = float(page.locator("#result-score").get_attribute("data-score"))
+        width = page.locator("#result-bar").evaluate("el => el.style.width")
+        assert width == f"{score * 100:.1f}%"
+        expect(page.locator("#error")).to_be_hidden()
+        expect(page.locator("#save-job")).to_be_enabled()
+
+        # Typing more sends a newer request, and its answer replaces the old one.
+        first_request = page.locator("#result").get_attribute("data-request-id")
+        text.press_sequentially(" so good", delay=20)
+        expect(page.locator("#result")).not_to_have_attribute("data-request-id", first_request)
+        expect(page.locator("#result")).to_have_attribute("data-state", "done", timeout=RESULT_TIMEOUT_MS)
+        expect(page.locator("#char-count")).to_have_text("49 / 20,000")
+
+        # Clearing the text clears the result.
+        text.fill("")
+        expect(page.locator("#result")).to_have_attribute("data-state", "idle")
+        expect(page.locator("#result-label")).to_have_text("")
+        expect(page.locator("#save-job")).to_be_disabled()
+
+
+def test_saved_job_finishes_live_and_survives_a_reload(page, site):
+    from playwright.sync_api import expect
+
+    sentence = "That film was a great story, not a bad plot."
+    with server_log_on_failure(site):
+        open_home(page, site)
+        expect(page.locator("#jobs-empty")).to_be_visible()
+        page.locator("#text").fill(sentence)
+        page.locator("#save-job").click()
+
+        job = page.locator("#jobs > li").first
+        expect(job.locator("[data-testid=job-text]")).to_have_text(sentence)
+        expect(job).to_have_attribute("data-status", "done", timeout=RESULT_TIMEOUT_MS)
+        expect(job.locator("[data-testid=job-status]")).to_have_text("done")
+        expect(job.locator("[data-testid=job-label]")).to_have_text(LABEL)
+        expect(job.locator("[data-testid=job-score]")).to_have_text(re.compile(r"^\d{1,3}%$"))
+        expect(job.locator("[data-testid=job-model]")).to_contain_text("@sha256:")
+        label = job.locator("[data-testid=job-label]").inner_text()
+        job_id = job.get_attribute("data-job-id")
+        expect(page.locator("#jobs-empty")).to_be_hidden()
+
+        page.reload()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        expect(page.locator("#jobs > li")).to_have_count(1)
+        job = page.locator("#jobs > li").first
+        expect(job).to_have_attribute("data-job-id", job_id)
+        expect(job).to_have_attribute("data-status", "done")
+        expect(job.locator("[data-testid=job-text]")).to_have_text(sentence)
+        expect(job.locator("[data-testid=job-label]")).to_have_text(label)
+        expect(job.locator("[data-testid=job-model]")).to_contain_text("@sha256:")
+        expect(job.locator("time")).to_have_count(2)
+        expect(job).to_contain_text("took")
+
+        # A second job goes on top, above the first.
+        page.locator("#text").fill("I hate this awful movie.")
+        page.locator("#save-job").click()
+        expect(page.locator("#jobs > li")).to_have_count(2)
+        expect(page.locator("#jobs > li").first.locator("[data-testid=job-text]")).to_have_text(
+            "I hate this awful movie."
+        )
+        expect(page.locator("#jobs > li").first).to_have_attribute("data-status", "done", timeout=RESULT_TIMEOUT_MS)
+        expect(page.locator("#jobs > li").nth(1)).to_have_attribute("data-job-id", job_id)
+
+
+def test_missing_model_shows_the_install_hint_not_a_traceback(page, site_without_model):
+    from playwright.sync_api import expect
+
+    site = site_without_model
+    with server_log_on_failure(site):
+        open_home(page, site)
+        page.locator("#text").fill("I love it")
+
+        error = page.locator("#error")
+        expect(error).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        expect(error).to_have_attribute("role", "alert")
+        expect(error).to_have_attribute("data-code", "model_not_installed")
+        expect(error).to_contain_text("The model is not installed")
+        expect(error).to_contain_text("does not exist")
+        expect(error).to_contain_text("python -m mlservices download sentiment")
+        expect(error).to_contain_text("SENTIMENT_MODEL")
+        expect(error).not_to_contain_text("Traceback")
+        expect(error).not_to_contain_text('File "')
+        expect(page.locator("#result")).to_have_attribute("data-state", "error")
+        expect(page.locator("#result-label")).to_have_text("")
+
+        # Saved anyway, the job fails with the same readable message.
+        page.locator("#save-job").click()
+        job = page.locator("#jobs > li").first
+        expect(job).to_have_attribute("data-status", "failed", timeout=RESULT_TIMEOUT_MS)
+        expect(job.locator("[data-testid=job-error]")).to_contain_text("python -m mlservices download sentiment")
+        expect(job.locator("[data-testid=job-error]")).not_to_contain_text("Traceback")
+
+        page.reload()
+        job = page.locator("#jobs > li").first
+        expect(job).to_have_attribute("data-status", "failed")
+        expect(job.locator("[data-testid=job-error]")).to_contain_text("does not exist")
+
+
+def _job(job_id: str, status: str, queued_at: str, **fields) -> dict:
+    return {
+        "id": job_id, "serving": "sentiment", "status": status, "input_summary": f"text of {job_id}",
+        "result": None, "error": "", "error_code": "", "model_version": "", "attempts": 1,
+        "queued_at": queued_at, "started_at": None, "finished_at": None, **fields,
+    }
+
+
+def test_stale_answers_late_job_states_and_reconnects_with_a_scripted_socket(page, site):
+    """The websocket is played by the test (Playwright's route_web_socket), so
+    out-of-order answers and a dropped connection happen exactly when wanted."""
+    from playwright.sync_api import expect
+
+    sockets: list = []  # one WebSocketRoute per connection the page made
+    held: list[dict] = []
+
+    def prediction(request_id, label, score, model, truncated=False) -> str:
+        result = {"label": label, "score": score, "scores": {}, "model": model, "truncated": truncated}
+        return json.dumps({"type": "prediction", "request_id": request_id, "result": result})
+
+    def on_connect(ws):
+        sockets.append(ws)
+        connection = len(sockets)
+        ws.send(json.dumps({"type": "jobs", "jobs": []}))
+
+        def on_message(raw):
+            message = json.loads(raw)
+            assert message["type"] == "predict" and message["serving"] == "sentiment"
+            text, request_id = message["input"]["text"], message["request_id"]
+            if connection > 1:  # the page sent its text again after reconnecting
+                ws.send(prediction(request_id, "NEGATIVE", 0.61, "mock@reconnected"))
+            elif text == "first":
+                held.append(message)  # answered only after the newer request
+            else:
+                ws.send(prediction(request_id, "POSITIVE", 0.9, "mock@newer", truncated=True))
+                for old in held:
+                    ws.send(prediction(old["request_id"], "NEGATIVE", 0.2, "mock@stale"))
+                # A job finishes, then an older state of it arrives late; then a marker.
+                done = {"label": "POSITIVE", "score": 0.75}
+                ws.send(json.dumps({"type": "job", "job": _job(
+                    "job-1", "done", "2026-01-01T10:00:00+00:00", result=done, model_version="mock@1",
+                    started_at="2026-01-01T10:00:01+00:00", finished_at="2026-01-01T10:00:01.250000+00:00",
+                )}))
+                ws.send(json.dumps({"type": "job", "job": _job("job-1", "running", "2026-01-01T10:00:00+00:00")}))
+                ws.send(json.dumps({"type": "jobs", "jobs": [
+                    _job("job-2", "failed", "2026-01-01T11:00:00+00:00", error="sentiment: the text is empty"),
+                    _job("job-0", "queued", "2026-01-01T09:00:00+00:00"),
+                ]}))
+
+        ws.on_message(on_message)
+
+    page.route_web_socket(re.compile(r"/ws/jobs$"), on_connect)
+    with server_log_on_failure(site):
+        open_home(page, site)
+        result = page.locator("#result")
+        page.locator("#text").fill("first")
+        expect(result).to_have_attribute("data-state", "analysing")
+        expect(page.locator("#result-status")).to_have_text("Analysing…")
+        page.locator("#text").fill("first and second")
+
+        jobs = page.locator("#jobs > li")
+        expect(jobs).to_have_count(3)  # everything the socket sent has been handled
+        expect(page.locator("#result-label")).to_have_text("POSITIVE")
+        expect(page.locator("#result-label")).to_have_attribute("data-tone", "positive")
+        expect(page.locator("#result-model")).to_have_text("mock@newer")
+        expect(page.locator("#result-score")).to_have_text("90.0%")
+        assert page.locator("#result-bar").evaluate("el => el.style.width") == "90%"
+        expect(page.locator("#result-truncated")).to_be_visible()
+
+        # Newest first; the late "running" did not undo "done"; failures show their message.
+        assert [jobs.nth(i).get_attribute("data-job-id") for i in range(3)] == ["job-2", "job-1", "job-0"]
+        expect(jobs.nth(0).locator("[data-testid=job-status]")).to_have_text("failed")
+        expect(jobs.nth(0).locator("[data-testid=job-error]")).to_have_text("sentiment: the text is empty")
+        expect(jobs.nth(1)).to_have_attribute("data-status", "done")
+        expect(jobs.nth(1).locator("[data-testid=job-label]")).to_have_text("POSITIVE")
+        expect(jobs.nth(1).locator("[data-testid=job-score]")).to_have_text("75%")
+        expect(jobs.nth(1)).to_contain_text("took 250 ms")
+        expect(jobs.nth(2).locator("[data-testid=job-status]")).to_have_text("queued")
+
+        # The connection drops: the indicator says so, the page reconnects and resends its text.
+        page.evaluate("""() => {
+            window.connectionStates = [];
+            new MutationObserver(() => window.connectionStates.push(
+                document.getElementById("connection").dataset.state
+            )).observe(document.getElementById("connection"), {attributes: true});
+        }""")
+        sockets[0].close(code=1011, reason="test")
+        expect(page.locator("#result-model")).to_have_text("mock@reconnected", timeout=20_000)
+        expect(page.locator("#result-label")).to_have_text("NEGATIVE")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        states = page.evaluate("window.connectionStates")
+        assert "closed" in states and states[-1] == "open", states
+        assert len(sockets) == 2
