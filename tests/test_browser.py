@@ -30,6 +30,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 RESULT_TIMEOUT_MS = 60_000  # the first prediction loads the model in the server
+MAX_TEXT_CHARS = 500  # set on the server, so the page's limit is seen to come from settings
 LABEL = re.compile(r"^(NEGATIVE|POSITIVE)$")
 
 
@@ -56,7 +57,11 @@ def playwright_browser():
 def _site(tmp_path: Path, sentiment_model: Path) -> Site:
     log = tmp_path / "daphne.log"
     with live_database(tmp_path) as database_url:
-        env = base_env(DATABASE_URL=database_url, SENTIMENT_MODEL=str(sentiment_model))
+        env = base_env(
+            DATABASE_URL=database_url,
+            SENTIMENT_MODEL=str(sentiment_model),
+            MLSERVICES_MAX_TEXT_CHARS=str(MAX_TEXT_CHARS),
+        )
         with asgi_server(env, log) as url:
             yield Site(url, log)
 
@@ -77,7 +82,7 @@ def site_without_model(playwright_browser, tmp_path_factory) -> Site:
 @pytest.fixture
 def page(playwright_browser, request):
     """A fresh browser context (so a fresh session) whose script errors fail the test."""
-    context = playwright_browser.new_context(viewport={"width": 1100, "height": 900})
+    context = playwright_browser.new_context(viewport={"width": 1100, "height": 900}, locale="en-US")
     page = context.new_page()
     page.set_default_timeout(15_000)
     errors: list[str] = []
@@ -111,13 +116,13 @@ def test_typing_shows_a_label_score_and_model_version(page, site, tiny_sentiment
     with server_log_on_failure(site):
         open_home(page, site)
         text = page.locator("#text")
-        expect(text).to_have_attribute("maxlength", "20000")
+        expect(text).to_have_attribute("maxlength", str(MAX_TEXT_CHARS))
         expect(page.get_by_label("Text to analyse")).to_be_visible()
         expect(page.locator("#save-job")).to_be_disabled()
 
         text.fill("I loved this movie, the acting was great!")
 
-        expect(page.locator("#char-count")).to_have_text("41 / 20,000")
+        expect(page.locator("#char-count")).to_have_text("41 / 500")
         expect(page.locator("#result-label")).to_have_text(LABEL, timeout=RESULT_TIMEOUT_MS)
         expect(page.locator("#result-model")).to_have_text(
             re.compile(rf"^{re.escape(tiny_sentiment_model.name)}@sha256:[0-9a-f]{{12}}$")
@@ -136,7 +141,19 @@ def test_typing_shows_a_label_score_and_model_version(page, site, tiny_sentiment
         text.press_sequentially(" so good", delay=20)
         expect(page.locator("#result")).not_to_have_attribute("data-request-id", first_request)
         expect(page.locator("#result")).to_have_attribute("data-state", "done", timeout=RESULT_TIMEOUT_MS)
-        expect(page.locator("#char-count")).to_have_text("49 / 20,000")
+        expect(page.locator("#char-count")).to_have_text("49 / 500")
+
+        # At the limit typing stops and the counter says so; text longer than the
+        # model reads (the tiny model: 64 tokens) gets the "truncated" note.
+        expect(page.locator("#result-truncated")).to_be_hidden()
+        long_text = ("good movie " * 100)[:MAX_TEXT_CHARS]
+        text.evaluate("(el, value) => { el.value = value; el.dispatchEvent(new Event('input')); }", long_text)
+        text.press("End")
+        text.press_sequentially("!!")
+        expect(page.locator("#char-count")).to_have_text(f"{MAX_TEXT_CHARS} / {MAX_TEXT_CHARS}")
+        expect(page.locator("#char-count")).to_have_class(re.compile(r"\bat-limit\b"))
+        assert text.input_value() == long_text
+        expect(page.locator("#result-truncated")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
 
         # Clearing the text clears the result.
         text.fill("")

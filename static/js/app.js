@@ -208,6 +208,7 @@
   }
 
   function onTextInput() {
+    el.saveStatus.textContent = "";
     updateCounter();
     updateSaveButton();
     clearTimeout(debounceTimer);
@@ -369,7 +370,8 @@
         ]),
       ]);
     } else if (status === "failed") {
-      outcome = h("p", { class: "job-error", "data-testid": "job-error", text: job.error || "The job failed." });
+      outcome = h("p", { class: "job-error", "data-testid": "job-error" });
+      setMessage(outcome, job.error || "The job failed.");
     }
     const meta = h("p", { class: "job-meta" }, [
       job.model_version ? h("span", { class: "model", "data-testid": "job-model", text: job.model_version }) : null,
@@ -494,6 +496,7 @@
   el.text.addEventListener("input", onTextInput);
   for (const node of document.querySelectorAll(".max-chars")) node.textContent = numbers.format(config.maxChars);
   decorateTimes(el.jobs);
+  for (const node of el.jobs.querySelectorAll(".job-error")) setMessage(node, node.textContent);
   el.jobsEmpty.hidden = el.jobs.children.length > 0;
   updateCounter();
   updateSaveButton();
