@@ -2,7 +2,10 @@
 
     celery -A webapp worker -P threads -c 32 -Q sentiment
 
-(see docs/worker.md). Settings are the Django ones prefixed ``CELERY_``.
+(see docs/worker.md). Settings are the Django ones prefixed ``CELERY_``;
+``webapp.worker`` adds what a servings worker does at start (load the
+servings it serves), the hard-time-limit watchdog and the ``mlservices``
+inspect command (``celery -A webapp inspect mlservices``).
 """
 
 import os
@@ -14,3 +17,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 app = Celery("webapp")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["webapp.jobs"])
+
+from webapp import worker  # noqa: E402,F401  (signal handlers and inspect command)

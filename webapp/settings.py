@@ -80,6 +80,17 @@ DATABASES = {
         env("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=0
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Jobs run on threads beside the request handlers: let writers queue up
+    # instead of failing with "database is locked", and test on a file (an
+    # in-memory database shared between threads locks whole tables).
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL;",
+    }
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-db.sqlite3")}
+    (BASE_DIR / "var").mkdir(exist_ok=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL")
@@ -121,16 +132,71 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(env("DJANGO_MAX_BODY_BYTES", str(1024 * 1024))
 JOBS_MAX_ATTEMPTS = int(env("JOBS_MAX_ATTEMPTS", "3"))
 
 # --- Celery (distributed mode) --------------------------------------------
+# The worker: `celery -A webapp worker -P threads -c 32 -Q sentiment` (docs/worker.md).
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = REDIS_URL or None
+CELERY_RESULT_EXPIRES = int(env("CELERY_RESULT_EXPIRES", "3600"))  # only live predictions store one
+CELERY_TASK_IGNORE_RESULT = True  # a job's outcome lives in the database
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# A job is acknowledged when it has finished, not when it was received: the
+# jobs of a worker that dies are delivered again (and counted, JOBS_MAX_ATTEMPTS).
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# An unacknowledged job of a dead worker is handed out again after this long.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(env("CELERY_VISIBILITY_TIMEOUT", "300"))}
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# An unacknowledged job of a dead worker is handed out again after this long
+# (seconds); it must exceed every hard time limit below, or a slow job is
+# handed to a second worker while the first still runs it. Workers look for
+# such jobs at start and then every CELERY_UNACKED_RESTORE_INTERVAL seconds.
+CELERY_VISIBILITY_TIMEOUT = float(env("CELERY_VISIBILITY_TIMEOUT", "300"))
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    "unacked_restore_interval": float(
+        env("CELERY_UNACKED_RESTORE_INTERVAL", str(max(1.0, min(10.0, CELERY_VISIBILITY_TIMEOUT / 3))))
+    ),
+    "unacked_restore_throttle": 1,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+# --- The servings worker (distributed mode) ---------------------------------
+# Servings a worker loads (and warms up) at start, comma-separated. Empty: the
+# servings its queues name (-Q sentiment), or every serving in MLSERVICES when
+# it consumes no serving's queue. The worker also consumes the queue of each
+# serving it loads, so a GPU box can run the heavy servings and a CPU box the
+# light ones.
+MLSERVICES_WORKER_SERVINGS = env_list("MLSERVICES_WORKER_SERVINGS")
+# Packages of extra servings the worker discovers besides mlservices.servings
+# (e.g. a site's own servings package, or the tests' toy servings).
+MLSERVICES_EXTRA_SERVINGS = env_list("MLSERVICES_EXTRA_SERVINGS")
+# Time limits of a run, in seconds, for every serving unless
+# MLSERVICES_TIME_LIMITS (JSON, e.g. {"sentiment": {"soft": 20, "hard": 60}})
+# says otherwise. Soft: a job that has waited this long for its serving fails
+# with code "time_limit" (its owner sees why). Hard: a worker with a run still
+# going after this long is stuck (a hung model or GPU); it exits so that a
+# fresh worker gets its jobs again, each tried at most JOBS_MAX_ATTEMPTS times.
+MLSERVICES_SOFT_TIME_LIMIT = float(env("MLSERVICES_SOFT_TIME_LIMIT", "60"))
+MLSERVICES_HARD_TIME_LIMIT = float(env("MLSERVICES_HARD_TIME_LIMIT", "120"))
+MLSERVICES_TIME_LIMITS = {
+    name: {"soft": MLSERVICES_SOFT_TIME_LIMIT, "hard": MLSERVICES_HARD_TIME_LIMIT} for name in MLSERVICES
+}
+for _name, _limits in json.loads(env("MLSERVICES_TIME_LIMITS", "{}")).items():
+    _unknown = sorted(set(_limits) - {"soft", "hard"})
+    if _unknown:
+        raise RuntimeError(f"MLSERVICES_TIME_LIMITS[{_name!r}]: unknown key(s) {', '.join(_unknown)}; use soft, hard")
+    MLSERVICES_TIME_LIMITS.setdefault(
+        _name, {"soft": MLSERVICES_SOFT_TIME_LIMIT, "hard": MLSERVICES_HARD_TIME_LIMIT}
+    ).update({k: float(v) for k, v in _limits.items()})
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The worker's threads (and the web process) write at the same time: take
+    # SQLite's write lock when a transaction begins and wait for it, instead of
+    # failing with "database is locked" when a read turns into a write.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
 
 # --- Static files and the rest --------------------------------------------
 STATIC_URL = "static/"

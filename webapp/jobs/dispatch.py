@@ -11,15 +11,17 @@ Everything else (validation, persistence, pushing) is the same in both modes.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import mlservices
 from django.conf import settings
 from django.db import transaction
 
-from .execution import execute_job
+from .execution import execute_job, fail_job
 from .models import Job
 
+log = logging.getLogger(__name__)
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -37,11 +39,25 @@ def distributed() -> bool:
 def enqueue_job(job: Job) -> None:
     """Start ``job`` once the transaction that created it commits."""
     if distributed():
-        from .tasks import execute
-
-        transaction.on_commit(lambda: execute.apply_async((str(job.pk),), queue=job.serving))
+        transaction.on_commit(lambda: _send(job))
     else:
         transaction.on_commit(lambda: _inprocess_pool().submit(_run_and_close, job.pk))
+
+
+def _send(job: Job) -> None:
+    """Put ``job`` on its serving's queue; if the broker refuses, fail it visibly."""
+    from .tasks import execute
+
+    try:
+        execute.apply_async((str(job.pk),), queue=job.serving)
+    except Exception as exc:  # the broker is away: a job nobody will run must not look queued
+        log.error("could not enqueue job %s on queue %s", job.pk, job.serving, exc_info=True)
+        fail_job(
+            job,
+            "queue_unavailable",
+            f"the job could not be queued ({type(exc).__name__}); the site's task queue is "
+            "unreachable. Try again in a moment",
+        )
 
 
 def _run_and_close(job_id) -> None:

@@ -1,0 +1,303 @@
+"""The Celery worker's side of the distributed mode (docs/worker.md).
+
+Imported with the Celery app, so its signal handlers exist in every process
+that loads the app, but they act only in a worker:
+
+- **Servings load at start.** Before the worker takes its first message it
+  loads (and warms up) the servings it serves, on the best device present
+  (``mlservices.devices.best_device``: CUDA when available, else CPU; set
+  ``MLSERVICES_DEVICE`` to force one). With the threads or solo pool that is
+  the worker process itself, one copy of each model; with prefork each child
+  loads after the fork (``worker_process_init``), so CUDA is never initialised
+  in a process that forks. Which servings: ``MLSERVICES_WORKER_SERVINGS``, else
+  those its ``-Q`` queues name, else every configured one; the worker then
+  also consumes each loaded serving's queue. A serving that fails to load is
+  logged and its jobs fail with the readable reason (e.g. how to install the
+  weights), so owners are told instead of waiting forever.
+- **Hard time limits.** Celery's own time limits do nothing in the threads
+  pool, so a watchdog thread watches every run (``watch``): one that is still
+  going after its serving's hard limit means the model or the GPU is stuck,
+  and the worker exits at once (exit code 70). Its jobs were not acknowledged
+  (``acks_late``), so the broker hands them to a fresh worker after the
+  visibility timeout; ``JOBS_MAX_ATTEMPTS`` bounds how often. The soft limit
+  is a bounded wait in ``webapp.jobs.execution.run_serving``.
+- **Batch records.** ``celery -A webapp inspect mlservices`` answers, per
+  serving of each worker: device, model version, batcher settings, items
+  waiting, and the most recent batches (size, key, wait, inference time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+
+from celery import signals
+from celery.worker.control import inspect_command
+
+log = logging.getLogger("webapp.worker")
+
+EXIT_HARD_TIME_LIMIT = 70  # EX_SOFTWARE: a supervisor (compose, bin/stack.py) starts a fresh worker
+RECENT_BATCHES = 100
+
+_state: dict = {"in_worker": False, "pool": None, "servings": [], "loaded_in": None, "errors": {}}
+
+
+# --- Which servings, loaded when ----------------------------------------------
+
+
+def _pool_name(pool_cls) -> str:
+    if isinstance(pool_cls, str):
+        return pool_cls.rsplit(":", 1)[0].rsplit(".", 1)[-1]
+    return getattr(pool_cls, "__module__", repr(pool_cls)).rsplit(".", 1)[-1]
+
+
+def discover_extra_servings() -> list[str]:
+    """Import the packages named by ``MLSERVICES_EXTRA_SERVINGS``; return all serving names."""
+    import mlservices
+    from django.conf import settings
+
+    if settings.MLSERVICES_EXTRA_SERVINGS:  # their options come from MLSERVICES_CONFIG, like any serving's
+        mlservices.discover(*settings.MLSERVICES_EXTRA_SERVINGS)
+    return mlservices.names()
+
+
+def servings_to_serve(queues: list[str]) -> list[str]:
+    """The servings a worker consuming ``queues`` loads (see the module docstring)."""
+    from django.conf import settings
+
+    known = discover_extra_servings()
+    wanted = settings.MLSERVICES_WORKER_SERVINGS
+    if not wanted:
+        wanted = [q for q in queues if q in known] or [n for n in settings.MLSERVICES if n in known]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise RuntimeError(
+            f"MLSERVICES_WORKER_SERVINGS names {', '.join(unknown)}, which no serving module registers; "
+            f"known servings: {', '.join(known) or 'none'}"
+        )
+    return list(dict.fromkeys(wanted))
+
+
+def load_servings(names: list[str]) -> dict[str, str]:
+    """Load and warm up ``names`` in this process; return {name: error} for those that failed."""
+    import mlservices
+    from mlservices.devices import best_device
+
+    runtime = mlservices.runtime.default()
+    errors = {}
+    for name in names:
+        started = time.monotonic()
+        log.info("loading serving %s on %s", name, runtime.device or best_device())
+        try:
+            loaded = runtime.serving(name)
+        except Exception as exc:  # the worker keeps going; its jobs fail with this reason
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            log.error("serving %s did not load; its jobs will fail with the reason: %s", name, exc)
+            continue
+        batcher = runtime.batcher(name)
+        log.info(
+            "serving %s ready on %s (%s) in %.1f s; batches of up to %d, waiting up to %g ms",
+            name, loaded.device, loaded.version, time.monotonic() - started,
+            batcher.max_batch_size, batcher.max_wait * 1000,
+        )
+    _state["loaded_in"] = os.getpid()
+    _state["errors"] = errors
+    return errors
+
+
+def _check_limits(names: list[str]) -> None:
+    from django.conf import settings
+
+    from webapp.jobs.execution import time_limits
+
+    visibility = settings.CELERY_VISIBILITY_TIMEOUT
+    for name in names:
+        soft, hard = time_limits(name)
+        if soft >= hard:
+            log.warning("serving %s: soft time limit %g s is not below the hard one (%g s)", name, soft, hard)
+        if hard >= visibility:
+            log.warning(
+                "serving %s: hard time limit %g s is not below CELERY_VISIBILITY_TIMEOUT (%g s): a slow job "
+                "can be handed to a second worker while the first still runs it (its outcome is still "
+                "recorded once)", name, hard, visibility,
+            )
+
+
+@signals.celeryd_after_setup.connect
+def _on_worker_setup(sender=None, instance=None, **kwargs):
+    """In the worker's main process, before it consumes: pick servings, queues, and load."""
+    worker = instance
+    if worker is None or not hasattr(worker, "app"):
+        return
+    import django
+
+    django.setup()
+    _state["in_worker"] = True
+    _state["pool"] = pool = _pool_name(worker.pool_cls)
+    queues = worker.app.amqp.queues
+    names = servings_to_serve(list(queues.consume_from))
+    for name in names:
+        if name not in queues.consume_from:
+            queues.select_add(name)
+    _state["servings"] = names
+    log.info(
+        "worker %s: pool %s, concurrency %s, servings %s, queues %s",
+        worker.hostname, pool, worker.concurrency, ", ".join(names) or "none",
+        ", ".join(queues.consume_from),
+    )
+    _check_limits(names)
+    if pool == "prefork":
+        log.warning(
+            "the prefork pool loads one copy of every model per child process; prefer "
+            "`-P threads` (one copy per device, batches shared by all tasks)"
+        )
+        return  # each child loads after the fork (_on_worker_process_init); the parent never does
+    if pool not in ("threads", "thread", "solo"):
+        log.warning("pool %s is not tested with servings; use -P threads", pool)
+    load_servings(names)
+
+
+@signals.worker_process_init.connect
+def _on_worker_process_init(**kwargs):
+    """A prefork child (or the solo pool): load here unless this process already has."""
+    if _state["in_worker"] and _state["loaded_in"] != os.getpid():
+        load_servings(_state["servings"])
+
+
+# --- Hard time limits -------------------------------------------------------------
+
+
+class Watchdog:
+    """Exits the process when a watched run outlives its deadline.
+
+    ``with watchdog.watch(serving, what):`` around each run; a thread checks
+    the deadlines. ``exit`` is what is called on a breach (``os._exit`` by
+    default: the process cannot trust its stuck threads to unwind).
+    """
+
+    def __init__(self, hard_limit=None, exit=None, check_every: float = 0.5):
+        self._hard_limit = hard_limit
+        self._exit = exit or os._exit
+        self._check_every = check_every
+        self._runs: dict[int, tuple[float, float, str, str]] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+
+    def hard_limit(self, serving: str) -> float:
+        if self._hard_limit is not None:
+            return self._hard_limit(serving)
+        from webapp.jobs.execution import time_limits
+
+        return time_limits(serving)[1]
+
+    @contextlib.contextmanager
+    def watch(self, serving: str, what: str):
+        limit = self.hard_limit(serving)
+        run_id = next(self._ids)
+        with self._lock:
+            self._runs[run_id] = (time.monotonic() + limit, limit, serving, what)
+            self._ensure_thread()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs.pop(run_id, None)
+
+    def overdue(self) -> list[tuple[float, str, str]]:
+        now = time.monotonic()
+        with self._lock:
+            return [(limit, serving, what) for deadline, limit, serving, what in self._runs.values() if now > deadline]
+
+    def _ensure_thread(self) -> None:  # with self._lock held
+        if self._thread is None or self._pid != os.getpid():  # a forked child needs its own
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="hard-time-limit", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        stop = threading.Event()  # never set: the thread lives as long as the process
+        while not stop.wait(self._check_every):
+            late = self.overdue()
+            if late:
+                self._fire(late)
+                return
+
+    def _fire(self, late) -> None:
+        for limit, serving, what in late:
+            log.critical(
+                "%s of serving %s is still running after its hard time limit of %g s: the model or the "
+                "device is stuck. Stopping this worker (exit %d) so that a fresh one gets its unfinished "
+                "jobs again (each job is tried at most JOBS_MAX_ATTEMPTS times)",
+                what, serving, limit, EXIT_HARD_TIME_LIMIT,
+            )
+        for handler in logging.getLogger().handlers + log.handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        self._exit(EXIT_HARD_TIME_LIMIT)
+
+
+watchdog = Watchdog()
+
+
+def guard(serving: str, what: str):
+    """The execution guard of this process: the watchdog in a worker, nothing elsewhere."""
+    if _state["in_worker"]:
+        return watchdog.watch(serving, what)
+    return contextlib.nullcontext()
+
+
+# --- What the worker reports ---------------------------------------------------
+
+
+def _json_key(key):
+    return key if key is None or isinstance(key, (bool, int, float, str)) else repr(key)
+
+
+def report(recent: int = RECENT_BATCHES) -> dict:
+    """This process's servings and their recent batches, as JSON-able data."""
+    import mlservices
+
+    runtime = mlservices.runtime.default()
+    servings = {}
+    for name in runtime.loaded():
+        loaded, batcher = runtime.serving(name), runtime.batcher(name)
+        records = batcher.records()
+        servings[name] = {
+            "device": loaded.device,
+            "version": loaded.version,
+            "batch_size": batcher.max_batch_size,
+            "batch_timeout_ms": batcher.max_wait * 1000,
+            "pending": batcher.pending(),
+            "batches_recorded": len(records),
+            "batches": [
+                {
+                    "size": r.size,
+                    "key": _json_key(r.key),
+                    "wait_ms": round(r.wait_ms, 3),
+                    "inference_ms": round(r.inference_ms, 3),
+                    "failed": r.failed,
+                }
+                for r in records[-recent:]
+            ],
+        }
+    return {"pid": os.getpid(), "pool": _state["pool"], "servings": servings, "load_errors": _state["errors"]}
+
+
+@inspect_command(
+    name="mlservices",
+    args=[("recent", int)],
+    signature="[recent=100]",
+)
+def _inspect_mlservices(state, recent=RECENT_BATCHES, **kwargs):
+    """Servings of this worker and their recent batches (size, wait, inference time)."""
+    return report(int(recent))
