@@ -192,11 +192,6 @@ for _name, _limits in json.loads(env("MLSERVICES_TIME_LIMITS", "{}")).items():
     MLSERVICES_TIME_LIMITS.setdefault(
         _name, {"soft": MLSERVICES_SOFT_TIME_LIMIT, "hard": MLSERVICES_HARD_TIME_LIMIT}
     ).update({k: float(v) for k, v in _limits.items()})
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The worker's threads (and the web process) write at the same time: take
-    # SQLite's write lock when a transaction begins and wait for it, instead of
-    # failing with "database is locked" when a read turns into a write.
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
 
 # --- Static files and the rest --------------------------------------------
 STATIC_URL = "static/"
