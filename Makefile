@@ -33,5 +33,17 @@ run: migrate
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The distributed setup, no Docker: daphne + a Celery worker against a local
+# Redis (bin/stack.py; docs/worker.md). Ctrl-C stops both.
+stack worker: export REDIS_URL ?= redis://127.0.0.1:6379/0
+WORKER_CONCURRENCY ?= 32
+WORKER_QUEUES ?=
+stack: install
+	$(PY) bin/stack.py --host $(HOST) --port $(PORT) --concurrency $(WORKER_CONCURRENCY) $(if $(WORKER_QUEUES),--queues $(WORKER_QUEUES))
+
+# One worker alone (e.g. on a GPU box): WORKER_QUEUES=sentiment make worker
+worker: install
+	$(VENV)/bin/celery -A webapp worker -P threads -c $(WORKER_CONCURRENCY) $(if $(WORKER_QUEUES),-Q $(WORKER_QUEUES)) -l INFO
+
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles

@@ -101,8 +101,8 @@ def load_servings(names: list[str]) -> dict[str, str]:
             continue
         batcher = runtime.batcher(name)
         log.info(
-            "serving %s ready on %s (%s) in %.1f s; batches of up to %d, waiting up to %g ms",
-            name, loaded.device, loaded.version, time.monotonic() - started,
+            "serving %s loaded and warmed up in %.1f s; batches of up to %d, waiting up to %g ms",
+            name, time.monotonic() - started,
             batcher.max_batch_size, batcher.max_wait * 1000,
         )
     _state["loaded_in"] = os.getpid()
@@ -134,9 +134,12 @@ def _on_worker_setup(sender=None, instance=None, **kwargs):
     worker = instance
     if worker is None or not hasattr(worker, "app"):
         return
-    import django
+    from django.apps import apps
 
-    django.setup()
+    if not apps.ready:  # the Django fixup has set it up already; setup() again would redo LOGGING
+        import django
+
+        django.setup()
     _state["in_worker"] = True
     _state["pool"] = pool = _pool_name(worker.pool_cls)
     queues = worker.app.amqp.queues
