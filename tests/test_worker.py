@@ -293,7 +293,7 @@ def test_soft_time_limit_fails_a_stuck_run_and_drops_what_waits_behind_it(settin
     try:
         with pytest.raises(TimeLimitExceeded, match="soft time limit") as first:
             run_serving("toy-soft", 1, runtime)
-        assert first.value.code == "time_limit"
+        assert first.value.code == "timeout"
         with pytest.raises(TimeLimitExceeded):  # queued behind the stuck batch: dropped, never run
             run_serving("toy-soft", 2, runtime)
         toy.gate.set()
@@ -556,7 +556,7 @@ async def test_a_job_past_its_soft_limit_fails_with_a_readable_error_its_owner_s
         finally:
             toy_files.gate.touch()  # let the stuck batch go so the worker stops promptly
     failed = updates[-1]
-    assert (failed["status"], failed["error_code"]) == ("failed", "time_limit")
+    assert (failed["status"], failed["error_code"]) == ("failed", "timeout")
     assert "no answer within 1 s" in failed["error"] and "soft time limit" in failed["error"]
 
 

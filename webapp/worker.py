@@ -299,7 +299,7 @@ def report(recent: int = RECENT_BATCHES) -> dict:
 @inspect_command(
     name="mlservices",
     args=[("recent", int)],
-    signature="[recent=100]",
+    signature="[N=100]",
 )
 def _inspect_mlservices(state, recent=RECENT_BATCHES, **kwargs):
     """Servings of this worker and their recent batches (size, wait, inference time)."""

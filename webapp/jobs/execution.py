@@ -46,7 +46,7 @@ def _no_guard(serving: str, what: str) -> contextlib.AbstractContextManager:
 class TimeLimitExceeded(mlservices.ServingFailed):
     """A run waited longer than its serving's soft time limit."""
 
-    code = "time_limit"
+    code = "timeout"
 
 
 def time_limits(serving: str) -> tuple[float, float]:
