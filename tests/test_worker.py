@@ -252,6 +252,50 @@ async def job_updates_until(communicator, ids: list[str], status: str = "done") 
     return messages
 
 
+class RawWebsocket:
+    """A minimal websocket client (RFC 6455, text frames) for talking to daphne itself."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, url: str, path: str, cookie: str) -> RawWebsocket:
+        import base64
+
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), TIMEOUT)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {url}\r\nCookie: {cookie}\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    async def send_json(self, data) -> None:
+        payload, mask = json.dumps(data).encode(), os.urandom(4)
+        n = len(payload)
+        header = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+        self.writer.write(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        await self.writer.drain()
+
+    async def receive_json(self) -> dict:
+        first, second = await asyncio.wait_for(self.reader.readexactly(2), TIMEOUT)
+        assert first & 0x0F == 0x1, f"opcode {first & 0x0F}: not a text frame"
+        n = second & 0x7F
+        if n >= 126:
+            n = int.from_bytes(await self.reader.readexactly(2 if n == 126 else 8), "big")
+        return json.loads(await asyncio.wait_for(self.reader.readexactly(n), TIMEOUT))
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
 # --- In-process units: time limits, serving selection ---------------------------------
 
 
@@ -401,6 +445,17 @@ async def test_a_job_posted_to_the_site_runs_in_the_worker_and_its_result_reache
             assert [(j["id"], j["status"], j["result"]) for j in late_snapshot["jobs"]] == [
                 (created["id"], "done", done["result"])
             ]
+
+        # The page's own socket, on daphne: a live prediction goes to the worker and back.
+        page = await RawWebsocket.connect(site, "/ws/jobs", f"{SESSION_COOKIE}={session_key}")
+        try:
+            assert [j["id"] for j in (await page.receive_json())["jobs"]] == [created["id"]]
+            await page.send_json({"type": "predict", "serving": "sentiment", "input": {"text": "so bad"}, "request_id": 9})
+            prediction = await page.receive_json()
+        finally:
+            await page.close()
+        assert (prediction["type"], prediction["request_id"]) == ("prediction", 9)
+        assert prediction["result"]["model"] == done["model_version"]
     daphne_log = (tmp_path / "daphne.log").read_text()
     assert "ready on" not in daphne_log, "the web process loaded a model"
 
