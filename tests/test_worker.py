@@ -153,6 +153,20 @@ def celery_worker(
         yield SimpleNamespace(process=process, node=node, log=log)
 
 
+@contextlib.asynccontextmanager
+async def in_thread(manager):
+    """Enter and leave a blocking context manager (a worker, a server) off the event loop,
+    so sockets already open keep reading while it starts and stops."""
+    value = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield value
+    except BaseException as exc:
+        if not await asyncio.to_thread(manager.__exit__, type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
 def report(client, node: str) -> dict:
     """The worker's ``mlservices`` inspect answer: its servings and recent batches."""
     replies = client.control.broadcast(
@@ -222,8 +236,14 @@ async def jobs_socket(session_key: str):
     """The page's websocket on the real ASGI app, signed in as ``session_key``; yields (socket, snapshot)."""
     from channels.testing import WebsocketCommunicator
 
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
     from webapp.asgi import application
 
+    # A connection an earlier test opened through plain sync_to_async (which
+    # never closes it) may still point at that test's database: drop it.
+    await sync_to_async(connections.close_all)()
     headers = [
         (b"origin", b"http://127.0.0.1:8000"),
         (b"host", b"127.0.0.1:8000"),
@@ -408,8 +428,8 @@ async def test_a_job_posted_to_the_site_runs_in_the_worker_and_its_result_reache
     tmp_path, tiny_sentiment_model, redis_db, redis_url, live_db, redis_layer, celery_client
 ):
     env = worker_env(live_db, redis_url, SENTIMENT_MODEL=str(tiny_sentiment_model))
-    with celery_worker(celery_client, env, tmp_path, name="e2e", queues="sentiment"), asgi_server(
-        env, tmp_path / "daphne.log"
+    async with in_thread(celery_worker(celery_client, env, tmp_path, name="e2e", queues="sentiment")), in_thread(
+        asgi_server(env, tmp_path / "daphne.log")
     ) as site:
         jar = http.cookiejar.CookieJar()
         browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
@@ -470,7 +490,7 @@ async def test_a_live_prediction_is_answered_on_the_reply_channel(
     env = worker_env(live_db, redis_url, SENTIMENT_MODEL=str(tiny_sentiment_model))
     layer = get_channel_layer()
     reply = await layer.new_channel()
-    with celery_worker(celery_client, env, tmp_path, name="predict", queues="sentiment"):
+    async with in_thread(celery_worker(celery_client, env, tmp_path, name="predict", queues="sentiment")):
         celery_client.send_task("jobs.predict", args=["sentiment", {"text": "i hate it"}, reply, 7], queue="sentiment")
         celery_client.send_task("jobs.predict", args=["sentiment", {"text": " "}, reply, 8], queue="sentiment")
         answers = {}
@@ -489,19 +509,24 @@ async def test_32_jobs_at_once_run_as_5_batches_1_8_8_8_7(
 ):
     """One job holds the batcher (gate closed) while 31 line up behind it; opened, 31 = 8+8+8+7."""
     env = toy_env(live_db, redis_url, toy_files, batch_size=8)
-    with celery_worker(celery_client, env, tmp_path, name="batches", queues="toy", concurrency=32) as worker:
+    batches_worker = celery_worker(celery_client, env, tmp_path, name="batches", queues="toy", concurrency=32)
+    async with in_thread(batches_worker) as worker:
         session = await new_session()
         ids = await create_jobs(session, "toy", list(range(32)))
         enqueue(celery_client, ids[:1], "toy")
-        wait_until(lambda: toy_files.announce.exists(), timeout=TIMEOUT, what="the first batch to start")
+        await asyncio.to_thread(
+            wait_until, toy_files.announce.exists, timeout=TIMEOUT, what="the first batch to start"
+        )
         enqueue(celery_client, ids[1:], "toy")
-        wait_until(
+        await asyncio.to_thread(
+            wait_until,
             lambda: report(celery_client, worker.node)["servings"]["toy"]["pending"] == 31,
-            timeout=TIMEOUT, what="31 jobs waiting in the batcher",
+            timeout=TIMEOUT,
+            what="31 jobs waiting in the batcher",
         )
         toy_files.gate.touch()
         jobs = await wait_for_jobs(ids)
-        batches = report(celery_client, worker.node)["servings"]["toy"]["batches"]
+        batches = (await asyncio.to_thread(report, celery_client, worker.node))["servings"]["toy"]["batches"]
 
     assert [b["size"] for b in batches] == [1, 8, 8, 8, 7]
     assert not any(b["failed"] for b in batches)
@@ -519,12 +544,14 @@ async def test_32_concurrent_sentiment_jobs_share_batches_of_up_to_16(
     """The real model, real timing: 32 jobs arriving together become far fewer than 32 model calls."""
     config = {"sentiment": {"model": str(tiny_sentiment_model), "batch_size": 16, "batch_timeout_ms": 200}}
     env = worker_env(live_db, redis_url, MLSERVICES_CONFIG=json.dumps(config))
-    with celery_worker(celery_client, env, tmp_path, name="sentiment", queues="sentiment", concurrency=32) as worker:
+    sentiment_worker = celery_worker(celery_client, env, tmp_path, name="sentiment", queues="sentiment", concurrency=32)
+    async with in_thread(sentiment_worker) as worker:
         session = await new_session()
         ids = await create_jobs(session, "sentiment", [{"text": "the movie was very good"}] * 32)
         enqueue(celery_client, ids, "sentiment")
         jobs = await wait_for_jobs(ids)
-        sizes = [b["size"] for b in report(celery_client, worker.node)["servings"]["sentiment"]["batches"]]
+        answer = await asyncio.to_thread(report, celery_client, worker.node)
+        sizes = [b["size"] for b in answer["servings"]["sentiment"]["batches"]]
 
     assert {j.status for j in jobs.values()} == {"done"}
     assert sum(sizes) == 32 and max(sizes) <= 16
@@ -541,17 +568,19 @@ async def test_a_worker_killed_mid_batch_loses_none_of_8_jobs_and_each_finishes_
     session = await new_session()
     async with jobs_socket(session) as (communicator, _):
         ids = await create_jobs(session, "toy", list(range(8)))
-        with celery_worker(celery_client, env, tmp_path, name="doomed", queues="toy") as doomed:
+        async with in_thread(celery_worker(celery_client, env, tmp_path, name="doomed", queues="toy")) as doomed:
             enqueue(celery_client, ids, "toy")
             jobs = await wait_for_jobs(ids, statuses=("running",))
-            wait_until(lambda: toy_files.announce.exists(), timeout=TIMEOUT, what="a batch inside the model")
+            await asyncio.to_thread(
+                wait_until, toy_files.announce.exists, timeout=TIMEOUT, what="a batch inside the model"
+            )
             doomed.process.send_signal(signal.SIGKILL)
             assert doomed.process.wait(timeout=TIMEOUT) == -signal.SIGKILL
         assert all(j.attempts == 1 for j in jobs.values())
         assert redis_db.hlen("unacked") == 8  # delivered, never acknowledged: the broker still has them
 
         toy_files.gate.touch()
-        with celery_worker(celery_client, env, tmp_path, name="fresh", queues="toy"):
+        async with in_thread(celery_worker(celery_client, env, tmp_path, name="fresh", queues="toy")):
             jobs = await wait_for_jobs(ids)
             await asyncio.to_thread(
                 wait_until, lambda: broker_idle(redis_db, "toy"), timeout=TIMEOUT, what="the broker to drain"
@@ -577,14 +606,14 @@ async def test_a_job_delivered_twice_runs_once(tmp_path, toy_files, redis_db, re
     session = await new_session()
     async with jobs_socket(session) as (communicator, _):
         (job_id,) = await create_jobs(session, "toy", [5])
-        with celery_worker(celery_client, env, tmp_path, name="twice", queues="toy") as worker:
+        async with in_thread(celery_worker(celery_client, env, tmp_path, name="twice", queues="toy")) as worker:
             enqueue(celery_client, [job_id], "toy")
             first = (await wait_for_jobs([job_id]))[job_id]
             enqueue(celery_client, [job_id], "toy")  # e.g. redelivered after a lost acknowledgement
             await asyncio.to_thread(
                 wait_until, lambda: broker_idle(redis_db, "toy"), timeout=TIMEOUT, what="the second delivery"
             )
-            batches = report(celery_client, worker.node)["servings"]["toy"]["batches"]
+            batches = (await asyncio.to_thread(report, celery_client, worker.node))["servings"]["toy"]["batches"]
         updates = await job_updates_until(communicator, [job_id])
         await communicator.receive_nothing(timeout=0.5)
     again = (await wait_for_jobs([job_id]))[job_id]
@@ -605,7 +634,7 @@ async def test_a_job_past_its_soft_limit_fails_with_a_readable_error_its_owner_s
     async with jobs_socket(session) as (communicator, _):
         (job_id,) = await create_jobs(session, "toy", [3])
         try:
-            with celery_worker(celery_client, env, tmp_path, name="soft", queues="toy"):
+            async with in_thread(celery_worker(celery_client, env, tmp_path, name="soft", queues="toy")):
                 enqueue(celery_client, [job_id], "toy")
                 updates = await job_updates_until(communicator, [job_id], status="failed")
         finally:
@@ -630,7 +659,8 @@ async def test_a_job_that_hangs_past_its_hard_limit_stops_2_workers_then_fails_a
     async with jobs_socket(session) as (communicator, _):
         (job_id,) = await create_jobs(session, "toy", [4])
         for round in range(3):
-            with celery_worker(celery_client, env, tmp_path, name=f"hang{round}", queues="toy", may_exit=True) as worker:
+            hanging = celery_worker(celery_client, env, tmp_path, name=f"hang{round}", queues="toy", may_exit=True)
+            async with in_thread(hanging) as worker:
                 if round == 0:
                     enqueue(celery_client, [job_id], "toy")
 
@@ -660,8 +690,8 @@ async def test_a_serving_that_cannot_load_fails_its_jobs_with_the_install_hint(
     session = await new_session()
     async with jobs_socket(session) as (communicator, _):
         (job_id,) = await create_jobs(session, "sentiment", [{"text": "i love it"}])
-        with celery_worker(celery_client, env, tmp_path, name="broken", queues="sentiment") as worker:
-            assert "sentiment" in report(celery_client, worker.node)["load_errors"]
+        async with in_thread(celery_worker(celery_client, env, tmp_path, name="broken", queues="sentiment")) as worker:
+            assert "sentiment" in (await asyncio.to_thread(report, celery_client, worker.node))["load_errors"]
             enqueue(celery_client, [job_id], "sentiment")
             updates = await job_updates_until(communicator, [job_id], status="failed")
     failed = updates[-1]
