@@ -626,22 +626,28 @@ async def test_a_job_delivered_twice_runs_once(tmp_path, toy_files, redis_db, re
 
 @pytest.mark.redis
 @pytest.mark.worker
-async def test_a_job_past_its_soft_limit_fails_with_a_readable_error_its_owner_sees(
+async def test_a_job_past_its_soft_limit_fails_at_1_s_and_the_stuck_batch_stops_the_worker_at_3_s(
     tmp_path, toy_files, redis_db, redis_url, live_db, redis_layer, celery_client
 ):
-    env = toy_env(live_db, redis_url, toy_files, batch_size=4, MLSERVICES_TIME_LIMITS='{"toy": {"soft": 1, "hard": 60}}')
+    """Soft 1 s: the owner sees a readable timeout. Hard 3 s: the model call never returned, so the
+    worker exits (70) for a fresh one; the job, already failed, stays failed."""
+    limits = '{"toy": {"soft": 1, "hard": 3}}'
+    env = toy_env(live_db, redis_url, toy_files, batch_size=4, MLSERVICES_TIME_LIMITS=limits)
     session = await new_session()
     async with jobs_socket(session) as (communicator, _):
         (job_id,) = await create_jobs(session, "toy", [3])
-        try:
-            async with in_thread(celery_worker(celery_client, env, tmp_path, name="soft", queues="toy")):
-                enqueue(celery_client, [job_id], "toy")
-                updates = await job_updates_until(communicator, [job_id], status="failed")
-        finally:
-            toy_files.gate.touch()  # let the stuck batch go so the worker stops promptly
+        stuck = celery_worker(celery_client, env, tmp_path, name="soft", queues="toy", may_exit=True)
+        async with in_thread(stuck) as worker:
+            enqueue(celery_client, [job_id], "toy")
+            updates = await job_updates_until(communicator, [job_id], status="failed")
+            exit_code = await asyncio.to_thread(worker.process.wait, TIMEOUT)
+        await communicator.receive_nothing(timeout=0.5)
     failed = updates[-1]
-    assert (failed["status"], failed["error_code"]) == ("failed", "timeout")
+    assert (failed["status"], failed["error_code"], failed["attempts"]) == ("failed", "timeout", 1)
     assert "no answer within 1 s" in failed["error"] and "soft time limit" in failed["error"]
+    assert exit_code == 70
+    assert "a batch of 1 of serving toy is still running after its hard time limit of 3 s" in worker.log.read_text()
+    assert broker_idle(redis_db, "toy")  # the failed job was acknowledged: nothing comes back
 
 
 @pytest.mark.redis

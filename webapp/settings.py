@@ -177,9 +177,10 @@ MLSERVICES_EXTRA_SERVINGS = env_list("MLSERVICES_EXTRA_SERVINGS")
 # Time limits of a run, in seconds, for every serving unless
 # MLSERVICES_TIME_LIMITS (JSON, e.g. {"sentiment": {"soft": 20, "hard": 60}})
 # says otherwise. Soft: a job that has waited this long for its serving fails
-# with code "timeout" (its owner sees why). Hard: a worker with a run still
-# going after this long is stuck (a hung model or GPU); it exits so that a
-# fresh worker gets its jobs again, each tried at most JOBS_MAX_ATTEMPTS times.
+# with code "timeout" (its owner sees why). Hard: a worker with a model call
+# (one batch) or a run still going after this long is stuck (a hung model or
+# GPU); it exits so that a fresh worker takes over and gets the jobs it was
+# still running, each tried at most JOBS_MAX_ATTEMPTS times.
 MLSERVICES_SOFT_TIME_LIMIT = float(env("MLSERVICES_SOFT_TIME_LIMIT", "60"))
 MLSERVICES_HARD_TIME_LIMIT = float(env("MLSERVICES_HARD_TIME_LIMIT", "120"))
 MLSERVICES_TIME_LIMITS = {

@@ -15,12 +15,14 @@ that loads the app, but they act only in a worker:
   logged and its jobs fail with the readable reason (e.g. how to install the
   weights), so owners are told instead of waiting forever.
 - **Hard time limits.** Celery's own time limits do nothing in the threads
-  pool, so a watchdog thread watches every run (``watch``): one that is still
-  going after its serving's hard limit means the model or the GPU is stuck,
-  and the worker exits at once (exit code 70). Its jobs were not acknowledged
-  (``acks_late``), so the broker hands them to a fresh worker after the
-  visibility timeout; ``JOBS_MAX_ATTEMPTS`` bounds how often. The soft limit
-  is a bounded wait in ``webapp.jobs.execution.run_serving``.
+  pool, so a watchdog thread watches every model call (one batch) and every
+  task's run (``watch``): one still going after its serving's hard limit
+  means the model or the GPU is stuck, and the worker exits at once (exit
+  code 70), even when the jobs of that batch have already failed on the soft
+  limit. Jobs still running were not acknowledged (``acks_late``), so the
+  broker hands them to a fresh worker after the visibility timeout;
+  ``JOBS_MAX_ATTEMPTS`` bounds how often. The soft limit is a bounded wait in
+  ``webapp.jobs.execution.run_serving``.
 - **Batch records.** ``celery -A webapp inspect mlservices`` answers, per
   serving of each worker: device, model version, batcher settings, items
   waiting, and the most recent batches (size, key, wait, inference time).
@@ -29,6 +31,7 @@ that loads the app, but they act only in a worker:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -94,7 +97,7 @@ def load_servings(names: list[str]) -> dict[str, str]:
         started = time.monotonic()
         log.info("loading serving %s on %s", name, runtime.device or best_device())
         try:
-            loaded = runtime.serving(name)
+            watch_inference(runtime.serving(name))
         except Exception as exc:  # the worker keeps going; its jobs fail with this reason
             errors[name] = f"{type(exc).__name__}: {exc}"
             log.error("serving %s did not load; its jobs will fail with the reason: %s", name, exc)
@@ -252,11 +255,39 @@ class Watchdog:
 watchdog = Watchdog()
 
 
+def watch_inference(loaded):
+    """Put every model call of ``loaded`` (one batch) under the watchdog; once per serving.
+
+    The batcher calls ``loaded.infer``, which looks up ``loaded.serving.inference``
+    at each call, so swapping in a watched copy of the serving is enough.
+    """
+    inner = loaded.serving.inference
+    if getattr(inner, "_watched", False):
+        return loaded
+    name = loaded.name
+
+    def inference(model, items):
+        with watchdog.watch(name, f"a batch of {len(items)}"):
+            return inner(model, items)
+
+    inference._watched = True
+    loaded.serving = dataclasses.replace(loaded.serving, inference=inference)
+    return loaded
+
+
 def guard(serving: str, what: str):
-    """The execution guard of this process: the watchdog in a worker, nothing elsewhere."""
-    if _state["in_worker"]:
-        return watchdog.watch(serving, what)
-    return contextlib.nullcontext()
+    """The execution guard of this process: the watchdog in a worker, nothing elsewhere.
+
+    In a worker it watches the run itself (preprocess, the wait, postprocess) and
+    makes sure the serving's model calls are watched too: the soft limit ends a
+    job's wait, but only the hard limit notices a batch that never returns.
+    """
+    if not _state["in_worker"]:
+        return contextlib.nullcontext()
+    import mlservices
+
+    watch_inference(mlservices.runtime.default().serving(serving))  # loaded already: no I/O
+    return watchdog.watch(serving, what)
 
 
 # --- What the worker reports ---------------------------------------------------
