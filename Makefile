@@ -45,5 +45,11 @@ stack: install
 worker: install
 	$(VENV)/bin/celery -A webapp worker -P threads -c $(WORKER_CONCURRENCY) $(if $(WORKER_QUEUES),-Q $(WORKER_QUEUES)) -l INFO
 
+# The serving benchmark (bench/README.md): raw model vs in-process serving vs
+# the Celery worker, on the real sentiment model; needs Redis (db 14, flushed).
+# Options: BENCH_ARGS='--budget 4 --inputs long', see --help.
+bench: install
+	$(PY) -m bench.sentiment $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles
