@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import registry
@@ -27,10 +28,22 @@ from .devices import best_device
 from .serving import LoadedServing
 
 
+InferWrapper = Callable[[str, Callable[[list], list]], Callable[[list], list]]
+
+
 class Runtime:
-    def __init__(self, config: dict[str, dict] | None = None, device: str | None = None):
+    """``wrap_infer(name, infer) -> infer`` wraps every model call (one batch) of
+    every serving, e.g. with a watchdog; the default is to call the model as is."""
+
+    def __init__(
+        self,
+        config: dict[str, dict] | None = None,
+        device: str | None = None,
+        wrap_infer: InferWrapper | None = None,
+    ):
         self.config = {name: dict(opts) for name, opts in (config or {}).items()}
         self.device = device
+        self.wrap_infer = wrap_infer
         self._loaded: dict[str, LoadedServing] = {}
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
@@ -49,7 +62,7 @@ class Runtime:
                 serving = registry.build(name, **self.config.get(name, {}))
                 loaded = serving.setup(self.device or best_device())
                 self._batchers[name] = Batcher(
-                    loaded.infer,
+                    self.wrap_infer(name, loaded.infer) if self.wrap_infer else loaded.infer,
                     max_batch_size=serving.batch_size,
                     max_wait_ms=serving.batch_timeout_ms,
                     name=name,
@@ -71,10 +84,18 @@ class Runtime:
     def run(self, name: str, input: Any) -> Any:
         return self.serving(name).run(input)
 
-    def batched_run(self, name: str, input: Any) -> Any:
+    def batched_run(self, name: str, input: Any, timeout: float | None = None) -> Any:
+        """``timeout``: seconds to wait for the batch once preprocessed; past it the
+        item, if still queued, is dropped (it never reaches the model) and
+        ``TimeoutError`` is raised."""
         loaded = self.serving(name)
         prepared = loaded.prepare(input)
-        output = self._batchers[name].submit(prepared.item, prepared.key).result()
+        future = self._batchers[name].submit(prepared.item, prepared.key)
+        try:
+            output = future.result(timeout=timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
         return loaded.finish(output, prepared.context)
 
     async def abatched_run(self, name: str, input: Any) -> Any:
@@ -94,10 +115,12 @@ class Runtime:
 _default = Runtime()
 
 
-def configure(config: dict[str, dict] | None = None, device: str | None = None) -> Runtime:
+def configure(
+    config: dict[str, dict] | None = None, device: str | None = None, wrap_infer: InferWrapper | None = None
+) -> Runtime:
     """Replace the default runtime (closing the old one's batchers)."""
     global _default
-    old, _default = _default, Runtime(config, device)
+    old, _default = _default, Runtime(config, device, wrap_infer)
     old.close()
     return _default
 

@@ -31,7 +31,6 @@ that loads the app, but they act only in a worker:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import logging
 import os
@@ -97,7 +96,7 @@ def load_servings(names: list[str]) -> dict[str, str]:
         started = time.monotonic()
         log.info("loading serving %s on %s", name, runtime.device or best_device())
         try:
-            watch_inference(runtime.serving(name))
+            runtime.serving(name)
         except Exception as exc:  # the worker keeps going; its jobs fail with this reason
             errors[name] = f"{type(exc).__name__}: {exc}"
             log.error("serving %s did not load; its jobs will fail with the reason: %s", name, exc)
@@ -144,6 +143,10 @@ def _on_worker_setup(sender=None, instance=None, **kwargs):
 
         django.setup()
     _state["in_worker"] = True
+    import mlservices
+    from django.conf import settings
+
+    mlservices.configure(settings.MLSERVICES, wrap_infer=watched_infer)  # nothing loaded yet
     _state["pool"] = pool = _pool_name(worker.pool_cls)
     queues = worker.app.amqp.queues
     names = servings_to_serve(list(queues.consume_from))
@@ -255,38 +258,25 @@ class Watchdog:
 watchdog = Watchdog()
 
 
-def watch_inference(loaded):
-    """Put every model call of ``loaded`` (one batch) under the watchdog; once per serving.
+def watched_infer(name: str, infer):
+    """The runtime's ``wrap_infer``: every model call (one batch) runs under the watchdog."""
 
-    The batcher calls ``loaded.infer``, which looks up ``loaded.serving.inference``
-    at each call, so swapping in a watched copy of the serving is enough.
-    """
-    inner = loaded.serving.inference
-    if getattr(inner, "_watched", False):
-        return loaded
-    name = loaded.name
-
-    def inference(model, items):
+    def call(items):
         with watchdog.watch(name, f"a batch of {len(items)}"):
-            return inner(model, items)
+            return infer(items)
 
-    inference._watched = True
-    loaded.serving = dataclasses.replace(loaded.serving, inference=inference)
-    return loaded
+    return call
 
 
 def guard(serving: str, what: str):
     """The execution guard of this process: the watchdog in a worker, nothing elsewhere.
 
-    In a worker it watches the run itself (preprocess, the wait, postprocess) and
-    makes sure the serving's model calls are watched too: the soft limit ends a
-    job's wait, but only the hard limit notices a batch that never returns.
+    In a worker it watches the run itself (preprocess, the wait, postprocess);
+    the model calls are watched by ``watched_infer``: the soft limit ends a job's
+    wait, but only the hard limit notices a batch that never returns.
     """
     if not _state["in_worker"]:
         return contextlib.nullcontext()
-    import mlservices
-
-    watch_inference(mlservices.runtime.default().serving(serving))  # loaded already: no I/O
     return watchdog.watch(serving, what)
 
 

@@ -10,6 +10,8 @@ class JobsConfig(AppConfig):
         import mlservices
 
         mlservices.discover()
+        if settings.MLSERVICES_EXTRA_SERVINGS:  # a site's own servings packages
+            mlservices.discover(*settings.MLSERVICES_EXTRA_SERVINGS)
         # Configuring loads nothing: each serving loads on first use (in-process
         # mode) or when the worker starts (Celery mode).
         mlservices.configure(settings.MLSERVICES)

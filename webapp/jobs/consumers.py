@@ -25,7 +25,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import dispatch, owners, validation
-from .execution import error_payload
+from .execution import error_payload, remember_server_loop
 
 log = logging.getLogger(__name__)
 SNAPSHOT_JOBS = 20
@@ -38,6 +38,7 @@ def recent_jobs(owner: owners.Owner) -> list[dict]:
 
 class JobsConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
+        remember_server_loop()
         self.owner = owners.of_scope(self.scope)
         self.tasks: set[asyncio.Task] = set()
         if self.owner.known:

@@ -16,15 +16,15 @@ as a bound on the wait (``MLSERVICES_TIME_LIMITS``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import mlservices
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -77,21 +77,24 @@ def run_serving(
     """
     runtime = runtime or mlservices.runtime.default()
     loaded = runtime.serving(name)
-    batcher = runtime.batcher(name)
     soft, _ = time_limits(name)
     with guard(name, what):
-        started = time.monotonic()
-        prepared = loaded.prepare(input)
-        future = batcher.submit(prepared.item, prepared.key)
         try:
-            output = future.result(timeout=max(0.0, soft - (time.monotonic() - started)))
+            return runtime.batched_run(name, input, timeout=soft), loaded.version
         except TimeoutError:
-            future.cancel()  # still queued: it never reaches the model
             raise TimeLimitExceeded(
                 f"{name}: no answer within {soft:g} s (the serving's soft time limit, "
                 "MLSERVICES_TIME_LIMITS); the model is overloaded or stuck. Try again in a moment"
             ) from None
-        return loaded.finish(output, prepared.context), loaded.version
+
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def remember_server_loop() -> None:
+    """Record the ASGI server's event loop (the consumer calls this on connect)."""
+    global _server_loop
+    _server_loop = asyncio.get_running_loop()
 
 
 def publish(job: Job) -> None:
@@ -99,8 +102,15 @@ def publish(job: Job) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    group, message = owners.of_job(job).group, {"type": "job.update", "job": job.as_json()}
     try:
-        async_to_sync(layer.group_send)(owners.of_job(job).group, {"type": "job.update", "job": job.as_json()})
+        loop = _server_loop
+        if isinstance(layer, InMemoryChannelLayer) and loop is not None and loop.is_running():
+            # The in-memory layer's queues belong to the server's loop; a send from
+            # another loop would sit unseen until that loop next wakes (up to ~1 s).
+            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=10)
+        else:
+            async_to_sync(layer.group_send)(group, message)
     except Exception:  # a push that fails is not a job that fails: a reload shows the state
         log.warning("could not push the update of job %s", job.id, exc_info=True)
 
