@@ -179,3 +179,38 @@ async def test_abatched_run_shares_the_batcher(toy_runtime):
     toy.gate.set()
     assert await runtime.abatched_run("toy", 21) == {"input": 21, "output": 42}
     assert runtime.batcher("toy").records()[-1].size == 1
+
+
+def test_a_run_that_times_out_while_queued_never_reaches_the_model(toy_runtime):
+    toy, runtime = toy_runtime
+    runtime.serving("toy")
+    blockers, _ = run_in_threads(runtime, [100])
+    assert toy.started.get(timeout=WAIT) == [100]
+    with pytest.raises(TimeoutError):
+        runtime.batched_run("toy", 1, timeout=0.01)  # the batcher is busy with 100
+    toy.gate.set()
+    for t in blockers:
+        t.join(WAIT)
+    assert runtime.batched_run("toy", 2) == {"input": 2, "output": 4}
+    assert [toy.started.get(timeout=WAIT)] == [[2]]  # 1 was dropped, not run
+
+
+def test_wrap_infer_sees_every_batch():
+    toy = Toy()
+    seen = []
+    mlservices.register("toy")(lambda: toy.serving(batch_size=4, batch_timeout_ms=1))
+
+    def wrap(name, infer):
+        def counted(items):
+            seen.append((name, len(items)))
+            return infer(items)
+
+        return counted
+
+    runtime = Runtime({"toy": {}}, device="cpu", wrap_infer=wrap)
+    try:
+        assert runtime.batched_run("toy", 3) == {"input": 3, "output": 6}
+        assert seen == [("toy", 1)]
+    finally:
+        runtime.close()
+        mlservices.registry.unregister("toy")
