@@ -1,8 +1,12 @@
 """Dynamic batching: many callers, few model calls.
 
-``Batcher(infer, max_batch_size=..., max_wait_ms=...)`` owns one thread that
-calls ``infer(items) -> outputs``. Callers, from any thread, ``submit(item,
-key)`` and get a ``concurrent.futures.Future``. A batch leaves when it is full
+``Batcher(infer, max_batch_size=..., max_wait_ms=..., parallel=1)`` owns
+``parallel`` threads that call ``infer(items) -> outputs``, each on its own
+batch (on a CPU, two batches on one torch thread each keep both cores busy
+while the other work of the process, e.g. a Celery worker's, runs beside them,
+where one batch on two threads stalls whenever either core is taken).
+Callers, from any thread, ``submit(item, key)`` and get a
+``concurrent.futures.Future``. A batch leaves when it is full
 or when its oldest item has waited ``max_wait_ms``, whichever comes first;
 items with different keys never share a batch. If ``infer`` raises, every item
 of that batch fails with the error; the next batch is unaffected.
@@ -54,9 +58,12 @@ class Batcher:
         max_batch_size: int,
         max_wait_ms: float,
         name: str = "batcher",
+        parallel: int = 1,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}; use 1 or more")
+        if parallel < 1:
+            raise ValueError(f"parallel={parallel}; use 1 or more")
         self._infer = infer
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -65,8 +72,13 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._records: collections.deque[BatchRecord] = collections.deque(maxlen=RECORDS_KEPT)
-        self._thread = threading.Thread(target=self._loop, name=f"batcher:{name}", daemon=True)
-        self._thread.start()
+        self.parallel = parallel
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batcher:{name}" + (f":{i}" if parallel > 1 else ""), daemon=True)
+            for i in range(parallel)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, item, key: Hashable = None) -> Future:
         future: Future = Future()
@@ -91,8 +103,9 @@ class Batcher:
         """Stop taking items; finish what is queued, then stop the thread."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
 
     def _next_batch(self) -> tuple[Hashable, list[_Pending]] | None:
         with self._cond:

@@ -33,7 +33,7 @@ from .errors import InvalidInput, ServingNotFound
 from .serving import Serving
 
 _factories: dict[str, Callable[..., Serving]] = {}
-SERVING_OPTIONS = ("batch_size", "batch_timeout_ms")
+SERVING_OPTIONS = ("batch_size", "batch_timeout_ms", "parallel_batches")
 
 
 def register(name: str):

@@ -66,6 +66,7 @@ class Runtime:
                     max_batch_size=serving.batch_size,
                     max_wait_ms=serving.batch_timeout_ms,
                     name=name,
+                    parallel=serving.parallel_batches,
                 )
                 self._loaded[name] = loaded
         return self._loaded[name]

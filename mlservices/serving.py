@@ -32,7 +32,8 @@ The stages:
 
 Options (fields) and their defaults: ``batch_size=8`` (most items in one
 inference call), ``batch_timeout_ms=5.0`` (how long the first item of a batch
-waits for company), ``warmup=()`` (inputs run once by ``setup``),
+waits for company), ``parallel_batches=1`` (how many batches run inference
+at once, each on its own thread), ``warmup=()`` (inputs run once by ``setup``),
 ``description=""``, ``validate=None``: a pure function of the raw input, with no
 model, that returns it normalised or raises ``InvalidInput``; front ends call
 ``serving.check(input)`` before they enqueue, so bad input is refused at the
@@ -69,6 +70,7 @@ class Serving:
     postprocess: Callable[[Any, Any, Any], Any]
     batch_size: int = 8
     batch_timeout_ms: float = 5.0
+    parallel_batches: int = 1
     warmup: tuple = ()
     description: str = ""
     validate: Callable[[Any], Any] | None = None
@@ -78,14 +80,19 @@ class Serving:
             raise InvalidInput(
                 f"serving {self.name!r}: batch_size={self.batch_size!r}; use an integer of at least 1"
             )
+        if not isinstance(self.parallel_batches, int) or self.parallel_batches < 1:
+            raise InvalidInput(
+                f"serving {self.name!r}: parallel_batches={self.parallel_batches!r}; use an integer of at least 1"
+            )
         if self.batch_timeout_ms < 0:
             raise InvalidInput(
                 f"serving {self.name!r}: batch_timeout_ms={self.batch_timeout_ms!r}; use 0 or more"
             )
 
     def with_options(self, **options) -> Serving:
-        """A copy with serving-level options (``batch_size``, ``batch_timeout_ms``) changed."""
-        allowed = {"batch_size", "batch_timeout_ms"}
+        """A copy with serving-level options (``batch_size``, ``batch_timeout_ms``,
+        ``parallel_batches``) changed."""
+        allowed = {"batch_size", "batch_timeout_ms", "parallel_batches"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise InvalidInput(

@@ -214,3 +214,30 @@ def test_wrap_infer_sees_every_batch():
     finally:
         runtime.close()
         mlservices.registry.unregister("toy")
+
+
+def test_parallel_batches_run_at_once():
+    toy = Toy(open_gate=False)
+    batcher = Batcher(partial(toy.inference, toy), max_batch_size=2, max_wait_ms=600_000, name="toy", parallel=2)
+    futures = [batcher.submit(i) for i in (1, 2, 3, 4)]
+    # Both threads are inside inference, each on its own full batch, before the gate opens.
+    assert sorted(map(sorted, (toy.started.get(timeout=WAIT), toy.started.get(timeout=WAIT)))) == [[1, 2], [3, 4]]
+    toy.gate.set()
+    assert [f.result(WAIT) for f in futures] == [2, 4, 6, 8]
+    assert sizes(batcher) == [2, 2]
+    batcher.close()
+    assert not any(t.is_alive() for t in batcher._threads)
+
+
+def test_parallel_batches_is_a_serving_option():
+    mlservices.register("toy-parallel")(lambda: Toy().serving("toy-parallel"))
+    try:
+        assert mlservices.build("toy-parallel", parallel_batches=2).parallel_batches == 2
+        with pytest.raises(InvalidInput):
+            mlservices.build("toy-parallel", parallel_batches=0)
+        runtime = Runtime({"toy-parallel": {"parallel_batches": 2}})
+        assert runtime.batcher("toy-parallel").parallel == 2
+        assert runtime.batched_run("toy-parallel", 21) == {"input": 21, "output": 42}
+        runtime.close()
+    finally:
+        mlservices.registry.unregister("toy-parallel")

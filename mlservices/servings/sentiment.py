@@ -18,7 +18,9 @@ Options (``build("sentiment", ...)`` or settings) and defaults:
 - ``max_chars``: characters looked at before tokenising (default 20,000), so
   enormous text costs no more than long text;
 - ``threads``: torch intra-op threads (default: torch's choice);
-- ``batch_size`` (16) and ``batch_timeout_ms`` (5): the batcher's.
+- ``batch_size`` (16) and ``batch_timeout_ms`` (0: a batch leaves as soon as
+  the model is free; requests that arrive while it is busy form the next one):
+  the batcher's.
 
 Texts are bucketed by token length (16, 32, 64, … tokens) so a short text is
 never padded to the length of a long one, and each batch is padded only to its
@@ -154,7 +156,7 @@ def sentiment(
         inference=inference,
         postprocess=postprocess,
         batch_size=16,
-        batch_timeout_ms=5.0,
+        batch_timeout_ms=0.0,
         warmup=("Warming up the sentiment model.",),
         description="Sentiment of English text (label, score, all label scores).",
         validate=read_text,
