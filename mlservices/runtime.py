@@ -7,9 +7,17 @@ the web process in in-process mode and the Celery worker in distributed mode:
 only the transport in front of it differs.
 
 - ``run(name, input)``: inline, a batch of one, in the calling thread.
-- ``batched_run(name, input)``: through the serving's batcher; blocks.
-- ``await abatched_run(name, input)``: the same for asyncio code; the event
-  loop is never blocked by loading, preprocessing or waiting.
+- ``stream(name, input)``: through the serving's batcher; yields a
+  ``Progress`` per finished item of a fanned-out input, in input order, then
+  the ``Final`` result with the version of the weights (``mlservices.events``).
+- ``batched_run(name, input)``: the final result of ``stream``; blocks.
+- ``astream`` / ``await abatched_run(name, input)``: the same for asyncio
+  code; the event loop is never blocked by loading, preprocessing or waiting.
+
+All items of one input are submitted at once, so they share batches with each
+other and with other requests. If one item fails, the input fails with that
+error and its other items still queued are dropped; other inputs in the same
+batches are unaffected.
 
 ``mlservices.run`` & co. use a module-level default runtime that
 ``configure(config)`` sets up.
@@ -19,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from . import registry
 from .batcher import Batcher
 from .devices import best_device
+from .events import Event, Final, Progress
 from .serving import LoadedServing
 
 
@@ -85,26 +95,68 @@ class Runtime:
     def run(self, name: str, input: Any) -> Any:
         return self.serving(name).run(input)
 
-    def batched_run(self, name: str, input: Any, timeout: float | None = None) -> Any:
-        """``timeout``: seconds to wait for the batch once preprocessed; past it the
-        item, if still queued, is dropped (it never reaches the model) and
-        ``TimeoutError`` is raised."""
-        loaded = self.serving(name)
-        prepared = loaded.prepare(input)
-        future = self._batchers[name].submit(prepared.item, prepared.key)
+    def _submit(self, name: str, items) -> list[Future]:
+        batcher = self._batchers[name]
+        futures = []
         try:
-            output = future.result(timeout=timeout)
-        except TimeoutError:
-            future.cancel()
+            for prepared in items:
+                futures.append(batcher.submit(prepared.item, prepared.key))
+        except BaseException:
+            for future in futures:
+                future.cancel()
             raise
-        return loaded.finish(output, prepared.context)
+        return futures
 
-    async def abatched_run(self, name: str, input: Any) -> Any:
+    def stream(self, name: str, input: Any, timeout: float | None = None) -> Iterator[Event]:
+        """Progress events, then the final result (see the module docstring).
+
+        ``timeout``: seconds to wait for each item once the previous one is done
+        (a stream that makes progress is not stuck); past it the items still
+        queued are dropped (they never reach the model) and ``TimeoutError``
+        is raised.
+        """
+        loaded = self.serving(name)
+        items, fanned = loaded.prepare(input)
+        futures = self._submit(name, items)
+        try:
+            results = []
+            for i, (prepared, future) in enumerate(zip(items, futures)):
+                results.append(loaded.finish(future.result(timeout=timeout), prepared.context))
+                if fanned:
+                    yield Progress(i + 1, len(items), results[-1])
+            yield Final(loaded.combine(results, fanned), loaded.version)
+        finally:
+            for future in futures:  # after a failure or a timeout: drop what still waits
+                future.cancel()
+
+    async def astream(self, name: str, input: Any, timeout: float | None = None) -> AsyncIterator[Event]:
         loaded = await asyncio.to_thread(self.serving, name)
-        prepared = await asyncio.to_thread(loaded.prepare, input)
-        future = self._batchers[name].submit(prepared.item, prepared.key)
-        output = await asyncio.wrap_future(future)
-        return await asyncio.to_thread(loaded.finish, output, prepared.context)
+        items, fanned = await asyncio.to_thread(loaded.prepare, input)
+        futures = self._submit(name, items)
+        try:
+            results = []
+            for i, (prepared, future) in enumerate(zip(items, futures)):
+                output = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+                results.append(await asyncio.to_thread(loaded.finish, output, prepared.context))
+                if fanned:
+                    yield Progress(i + 1, len(items), results[-1])
+            yield Final(await asyncio.to_thread(loaded.combine, results, fanned), loaded.version)
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def batched_run(self, name: str, input: Any, timeout: float | None = None) -> Any:
+        """The final result of ``stream(name, input, timeout)``."""
+        for event in self.stream(name, input, timeout):
+            if isinstance(event, Final):
+                return event.result
+        raise AssertionError("a stream always ends with its Final event")
+
+    async def abatched_run(self, name: str, input: Any, timeout: float | None = None) -> Any:
+        async for event in self.astream(name, input, timeout):
+            if isinstance(event, Final):
+                return event.result
+        raise AssertionError("a stream always ends with its Final event")
 
     def close(self) -> None:
         with self._lock:
@@ -140,3 +192,11 @@ def batched_run(name: str, input: Any) -> Any:
 
 async def abatched_run(name: str, input: Any) -> Any:
     return await _default.abatched_run(name, input)
+
+
+def stream(name: str, input: Any) -> Iterator[Event]:
+    return _default.stream(name, input)
+
+
+def astream(name: str, input: Any) -> AsyncIterator[Event]:
+    return _default.astream(name, input)

@@ -1,4 +1,4 @@
-"""A serving: preprocess → inference → postprocess, as a value.
+"""A serving: preprocess → inference → postprocess (→ reduce), as a value.
 
 A ``Serving`` is built from plain functions and does no I/O when built. The
 process that serves calls ``serving.setup(device)`` once: it loads the weights
@@ -20,24 +20,34 @@ batcher and the inline path both drive::
 The stages:
 
 - ``load(device) -> model``: runs once in the serving process. Whatever it
-  returns is handed to the three other stages as ``model``; give it a
-  ``version`` attribute to name the weights (shown to users as name@version).
-- ``preprocess(model, input) -> Prepared``: per request, outside the batch.
-  ``Prepared.item`` joins the batch; ``Prepared.context`` travels beside it
-  (never through the model) to postprocess; ``Prepared.key`` picks the batch
-  (items of different keys, e.g. length buckets, never share one).
+  returns is handed to the other stages as ``model``; give it a ``version``
+  attribute to name the weights (``LoadedServing.version``, shown to users as
+  name@version and recorded on every job).
+- ``preprocess(model, input) -> Prepared | list[Prepared]``: per request,
+  outside the batch. ``Prepared.item`` joins the batch; ``Prepared.context``
+  travels beside it (never through the model) to postprocess; ``Prepared.key``
+  picks the batch (items of different keys, e.g. length buckets, never share
+  one). A list *fans one input out* into several batch items (e.g. the 30 s
+  windows of a recording); they join batches like any other items, with
+  other requests' items.
 - ``inference(model, items) -> outputs``: once per batch; must return exactly
   one output per item.
-- ``postprocess(model, output, context) -> result``: per request.
+- ``postprocess(model, output, context) -> result``: per item, as soon as its
+  batch is done. For a fanned-out input each item's result is streamed as a
+  partial result (``mlservices.events.Progress``).
+- ``reduce(model, results) -> result`` (optional): builds the final result of
+  a fanned-out input from its items' results, in input order. Without it the
+  final result is the list of results (or the one result, for one item).
 
-Options (fields) and their defaults: ``batch_size=8`` (most items in one
-inference call), ``batch_timeout_ms=5.0`` (how long the first item of a batch
-waits for company), ``parallel_batches=1`` (how many batches run inference
-at once, each on its own thread), ``warmup=()`` (inputs run once by ``setup``),
-``description=""``, ``validate=None``: a pure function of the raw input, with no
-model, that returns it normalised or raises ``InvalidInput``; front ends call
-``serving.check(input)`` before they enqueue, so bad input is refused at the
-door, not in the worker.
+Options (fields) and their defaults: ``spec=InputSpec()`` (what the serving
+accepts, ``mlservices.spec``), ``batch_size=8`` (most items in one inference
+call), ``batch_timeout_ms=5.0`` (how long the first item of a batch waits for
+company), ``parallel_batches=1`` (how many batches run inference at once,
+each on its own thread), ``warmup=()`` (inputs run once by ``setup``),
+``description=""``, ``validate=None``: a pure function of the input (already
+normalised by the spec), with no model, that returns it normalised or raises
+``InvalidInput``; front ends call ``serving.check(input)`` before they
+enqueue, so bad input is refused at the door, not in the worker.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from .errors import InvalidInput, ServingError, ServingFailed
+from .spec import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +76,11 @@ class Prepared:
 class Serving:
     name: str
     load: Callable[[str], Any]
-    preprocess: Callable[[Any, Any], Prepared]
+    preprocess: Callable[[Any, Any], Prepared | list[Prepared]]
     inference: Callable[[Any, list], Sequence]
     postprocess: Callable[[Any, Any, Any], Any]
+    reduce: Callable[[Any, list], Any] | None = None
+    spec: InputSpec = InputSpec()
     batch_size: int = 8
     batch_timeout_ms: float = 5.0
     parallel_batches: int = 1
@@ -84,10 +97,12 @@ class Serving:
             raise InvalidInput(
                 f"serving {self.name!r}: parallel_batches={self.parallel_batches!r}; use an integer of at least 1"
             )
-        if self.batch_timeout_ms < 0:
+        if not isinstance(self.batch_timeout_ms, (int, float)) or self.batch_timeout_ms < 0:
             raise InvalidInput(
                 f"serving {self.name!r}: batch_timeout_ms={self.batch_timeout_ms!r}; use 0 or more"
             )
+        if not isinstance(self.spec, InputSpec):
+            raise InvalidInput(f"serving {self.name!r}: spec must be an mlservices.spec.InputSpec")
 
     def with_options(self, **options) -> Serving:
         """A copy with serving-level options (``batch_size``, ``batch_timeout_ms``,
@@ -102,7 +117,8 @@ class Serving:
         return dataclasses.replace(self, **options)
 
     def check(self, input: Any) -> Any:
-        """Validate ``input`` without loading anything (see ``validate``)."""
+        """The input normalised by the spec, then by ``validate``; loads nothing."""
+        input = self.spec.normalise(self.name, input)
         return self.validate(input) if self.validate else input
 
     def setup(self, device: str = "cpu") -> LoadedServing:
@@ -118,8 +134,9 @@ class Serving:
 class LoadedServing:
     """A serving with its weights loaded in this process.
 
-    ``prepare``/``infer``/``finish`` are the three stages with their failures
-    turned into ``ServingError``s; ``run`` chains them for one input, inline.
+    ``prepare``/``infer``/``finish``/``combine`` are the stages with their
+    failures turned into ``ServingError``s; ``run`` chains them for one
+    input, inline.
     """
 
     def __init__(self, serving: Serving, model: Any, device: str):
@@ -132,19 +149,26 @@ class LoadedServing:
     def name(self) -> str:
         return self.serving.name
 
-    def prepare(self, input: Any) -> Prepared:
+    def prepare(self, input: Any) -> tuple[list[Prepared], bool]:
+        """The input's batch items, and whether preprocess fanned it out (returned a list)."""
         try:
+            input = self.serving.check(input)
             prepared = self.serving.preprocess(self.model, input)
         except ServingError:
             raise
         except Exception as exc:  # a bug or an input the serving did not foresee
             raise InvalidInput(f"{self.name}: could not preprocess the input: {exc}") from exc
-        if not isinstance(prepared, Prepared):
+        fanned = isinstance(prepared, (list, tuple))
+        items = list(prepared) if fanned else [prepared]
+        if not all(isinstance(p, Prepared) for p in items):
+            wrong = next(type(p).__name__ for p in items if not isinstance(p, Prepared))
             raise ServingFailed(
-                f"{self.name}: preprocess returned {type(prepared).__name__}; "
-                "it must return mlservices.Prepared(item, context, key)"
+                f"{self.name}: preprocess returned {wrong}; "
+                "it must return mlservices.Prepared(item, context, key) or a list of them"
             )
-        return prepared
+        if not items:
+            raise InvalidInput(f"{self.name}: the input holds nothing to process")
+        return items, fanned
 
     def infer(self, items: list) -> list:
         try:
@@ -164,17 +188,24 @@ class LoadedServing:
         return outputs
 
     def finish(self, output: Any, context: Any) -> Any:
+        return self._stage("postprocess", self.serving.postprocess, self.model, output, context)
+
+    def combine(self, results: list, fanned: bool) -> Any:
+        """The final result from the items' results (``reduce``, the list, or the one result)."""
+        if self.serving.reduce is not None:
+            return self._stage("reduce", self.serving.reduce, self.model, results)
+        return results if fanned else results[0]
+
+    def _stage(self, what: str, stage: Callable, *args) -> Any:
         try:
-            return self.serving.postprocess(self.model, output, context)
+            return stage(*args)
         except ServingError:
             raise
         except Exception as exc:
-            raise ServingFailed(
-                f"{self.name}: postprocess failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise ServingFailed(f"{self.name}: {what} failed: {type(exc).__name__}: {exc}") from exc
 
     def run(self, input: Any) -> Any:
-        """Run one input inline (a batch of one), in the calling thread."""
-        prepared = self.prepare(input)
-        (output,) = self.infer([prepared.item])
-        return self.finish(output, prepared.context)
+        """Run one input inline (each item a batch of one), in the calling thread."""
+        items, fanned = self.prepare(input)
+        results = [self.finish(self.infer([p.item])[0], p.context) for p in items]
+        return self.combine(results, fanned)

@@ -13,6 +13,18 @@ becomes arithmetic, not timing::
 Inputs: ints. ``"boom-pre"`` fails in preprocess, ``"boom-post"`` in
 postprocess, and a batch containing ``"boom-infer"`` fails in inference; any
 of them fails only where a real serving would.
+
+Two more toys share the gate and the doubling model:
+
+- ``Windows``: a streaming serving. ``{"windows": 3, "value": 10}`` fans out
+  into 3 items (10, 11, 12); each finished item streams
+  ``{"index": i, "output": 2 * (value + i)}`` and the final result is
+  ``{"outputs": [20, 22, 24], "total": 66}``. ``"fail_at": i`` makes item i
+  fail in postprocess (the input fails; other inputs do not).
+- ``Files``: a file serving (``image`` kind, PNG/JPEG/GIF by their first
+  bytes, no decoding): ``{"file": bytes, "flip": False}`` gives
+  ``{"bytes": n, "doubled": 2 * n, "copy": Artifact("copy.bin", ...)}``,
+  the copy reversed when ``flip`` is true.
 """
 
 from __future__ import annotations
@@ -20,8 +32,10 @@ from __future__ import annotations
 import queue
 import threading
 
+from .artifacts import Artifact
 from .errors import InvalidInput
 from .serving import Prepared, Serving
+from .spec import InputSpec, Option
 
 
 class Toy:
@@ -67,5 +81,74 @@ class Toy:
             preprocess=self.preprocess,
             inference=self.inference,
             postprocess=self.postprocess,
+            **options,
+        )
+
+
+class Windows(Toy):
+    SPEC = InputSpec(
+        kind="json",
+        options=(
+            Option("windows", int, 3, "how many batch items the input fans out into", minimum=1, maximum=1000),
+            Option("value", int, 0, "the first item's value"),
+            Option("fail_at", int, -1, "the item that fails in postprocess (-1: none)"),
+        ),
+    )
+
+    def preprocess(self, model, input) -> list[Prepared]:
+        if not isinstance(input, dict):
+            raise InvalidInput('windows: send {"windows": N, "value": V}')
+        n, value, fail_at = input["windows"], input["value"], input["fail_at"]
+        return [
+            Prepared(item="boom-post" if i == fail_at else value + i, context={"index": i}, key=input.get("key"))
+            for i in range(n)
+        ]
+
+    def postprocess(self, model, output, context) -> dict:
+        if output == "boom-post":
+            raise ValueError(f"toy: boom in postprocess of window {context['index']}")
+        return {"index": context["index"], "output": output}
+
+    def reduce(self, model, results: list) -> dict:
+        outputs = [r["output"] for r in results]
+        return {"outputs": outputs, "total": sum(outputs)}
+
+    def serving(self, name: str = "windows", **options) -> Serving:
+        return Serving(
+            name=name,
+            load=self.load,
+            preprocess=self.preprocess,
+            inference=self.inference,
+            postprocess=self.postprocess,
+            reduce=self.reduce,
+            spec=self.SPEC,
+            **options,
+        )
+
+
+class Files(Toy):
+    SPEC = InputSpec(
+        kind="image",
+        formats=("png", "jpeg", "gif"),
+        max_bytes=1_000_000,
+        options=(Option("flip", bool, False, "reverse the copy's bytes"),),
+    )
+
+    def preprocess(self, model, input) -> Prepared:
+        data = bytes(input["file"])
+        return Prepared(item=len(data), context={"data": data, "flip": input["flip"]})
+
+    def postprocess(self, model, output, context) -> dict:
+        data = context["data"][::-1] if context["flip"] else context["data"]
+        return {"bytes": len(data), "doubled": output, "copy": Artifact("copy.bin", data)}
+
+    def serving(self, name: str = "files", **options) -> Serving:
+        return Serving(
+            name=name,
+            load=self.load,
+            preprocess=self.preprocess,
+            inference=self.inference,
+            postprocess=self.postprocess,
+            spec=self.SPEC,
             **options,
         )

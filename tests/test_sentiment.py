@@ -70,15 +70,15 @@ def test_long_text_is_truncated_and_says_so(tiny):
 
 def test_enormous_text_is_cut_before_tokenising(tiny):
     loaded = tiny.serving("sentiment")
-    prepared = loaded.prepare("bad " * 1_000_000)  # 4 MB
+    (prepared,), _ = loaded.prepare("bad " * 1_000_000)  # 4 MB
     assert len(prepared.item["input_ids"]) == loaded.model.max_length
     assert prepared.context == {"truncated": True}
 
 
 def test_short_and_long_texts_get_different_batch_keys(tiny):
     loaded = tiny.serving("sentiment")
-    assert loaded.prepare("i love it").key == 16
-    assert loaded.prepare("the movie was good and " * 5).key == 32
+    assert loaded.prepare("i love it")[0][0].key == 16
+    assert loaded.prepare("the movie was good and " * 5)[0][0].key == 32
 
 
 def test_batched_padding_changes_no_result(tiny):
@@ -86,7 +86,7 @@ def test_batched_padding_changes_no_result(tiny):
     loaded = tiny.serving("sentiment")
     texts = ["i love it", "this movie was not very good but the acting was great"]
     alone = [loaded.run(t)["scores"] for t in texts]
-    items = [loaded.prepare(t).item for t in texts]
+    items = [loaded.prepare(t)[0][0].item for t in texts]
     together = loaded.infer(items)
     for single, row in zip(alone, together):
         assert [round(p, 4) for p in row] == pytest.approx(list(single.values()), abs=2e-4)
@@ -171,7 +171,7 @@ def test_real_model_accuracy_on_sst2_dev_is_at_least_085(shared_sentiment_model,
     runtime = Runtime({"sentiment": {"model": str(shared_sentiment_model)}}, device="cpu")
     loaded = runtime.serving("sentiment")
     batcher = runtime.batcher("sentiment")
-    prepared = [loaded.prepare(sentence) for sentence, _ in sst2_dev]
+    prepared = [loaded.prepare(sentence)[0][0] for sentence, _ in sst2_dev]
     futures = [batcher.submit(p.item, p.key) for p in prepared]
     labels = [loaded.finish(f.result(120), p.context)["label"] for f, p in zip(futures, prepared)]
     correct = sum((label == "POSITIVE") == bool(gold) for label, (_, gold) in zip(labels, sst2_dev))

@@ -35,6 +35,7 @@ from ..errors import InvalidInput
 from ..model_store import ModelSource, locate
 from ..registry import register
 from ..serving import Prepared, Serving
+from ..spec import InputSpec
 
 DEFAULT_MODEL = "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
 DEFAULT_REVISION = "714eb0fa89d2f80546fda750413ed43d93601a13"
@@ -62,6 +63,11 @@ def length_bucket(n_tokens: int) -> int:
     while bucket < n_tokens:
         bucket *= 2
     return bucket
+
+
+def checked(input) -> dict:
+    """The door's check (``Serving.validate``): the input as ``{"text": str}``."""
+    return {"text": read_text(input)}
 
 
 def read_text(input) -> str:
@@ -159,5 +165,6 @@ def sentiment(
         batch_timeout_ms=0.0,
         warmup=("Warming up the sentiment model.",),
         description="Sentiment of English text (label, score, all label scores).",
-        validate=read_text,
+        spec=InputSpec(kind="text", renderer="sentiment"),  # the web door bounds the text (MLSERVICES_MAX_TEXT_CHARS)
+        validate=checked,
     )
