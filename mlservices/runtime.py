@@ -35,7 +35,7 @@ from . import registry
 from .batcher import Batcher
 from .devices import best_device
 from .events import Event, Final, Progress
-from .serving import LoadedServing
+from .serving import LoadedServing, Serving
 
 
 InferWrapper = Callable[[str, Callable[[list], list]], Callable[[list], list]]
@@ -54,10 +54,19 @@ class Runtime:
         self.config = {name: dict(opts) for name, opts in (config or {}).items()}
         self.device = device
         self.wrap_infer = wrap_infer
+        self._definitions: dict[str, Serving] = {}
         self._loaded: dict[str, LoadedServing] = {}
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+
+    def definition(self, name: str) -> Serving:
+        """Serving ``name`` built with this runtime's options, not loaded (no I/O); built once."""
+        serving = self._definitions.get(name)
+        if serving is None:
+            registry.factory(name)  # unknown names fail with the list of known ones
+            serving = self._definitions[name] = registry.build(name, **self.config.get(name, {}))
+        return serving
 
     def serving(self, name: str) -> LoadedServing:
         """The loaded serving ``name``, loading it (once) if needed."""
@@ -68,8 +77,7 @@ class Runtime:
             name_lock = self._loading.setdefault(name, threading.Lock())
         with name_lock:  # one load per name; other names load in parallel
             if name not in self._loaded:
-                registry.factory(name)  # unknown names fail before anything loads
-                serving = registry.build(name, **self.config.get(name, {}))
+                serving = self.definition(name)
                 loaded = serving.setup(self.device or best_device())
                 self._batchers[name] = Batcher(
                     self.wrap_infer(name, loaded.infer) if self.wrap_infer else loaded.infer,

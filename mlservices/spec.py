@@ -208,7 +208,10 @@ class InputSpec:
         field = self.main_field
         if not isinstance(input, dict) or field not in input:
             example = '{"text": "..."}' if self.kind == "text" else '{"file": <the file>}'
-            raise InvalidInput(f"{serving}: send {example}" + (" or a plain string" if self.kind == "text" else ""))
+            raise InvalidInput(
+                f"{serving}: the input is {type(input).__name__}; send {example}"
+                + (" or a plain string" if self.kind == "text" else "")
+            )
         rest = {k: v for k, v in input.items() if k != field}
         if self.kind == "text":
             main = self.check_text(serving, input[field])

@@ -20,11 +20,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def inprocess(settings, tiny_sentiment_model):
     settings.MLSERVICES_MODE = "inprocess"
     settings.MLSERVICES = {"sentiment": {"model": str(tiny_sentiment_model), "batch_timeout_ms": 1}}
-    validation._serving.cache_clear()
     mlservices.configure(settings.MLSERVICES, device="cpu")
     yield
     mlservices.configure({})
-    validation._serving.cache_clear()
 
 
 def submit(client: Client, body, **extra):
@@ -95,8 +93,17 @@ def test_bad_requests_get_a_clear_error_and_create_nothing(body, status, code, m
     assert Job.objects.count() == 0
 
 
+def test_a_text_serving_takes_a_multipart_form_too():
+    client = Client()
+    response = client.post("/api/jobs", data={"serving": "sentiment", "text": "i love it"})
+    assert response.status_code == 201, response.content
+    assert finished(client, response.json()["id"])["status"] == "done"
+    missing = client.post("/api/jobs", data={"serving": "sentiment"})
+    assert missing.status_code == 400 and "send" in missing.json()["error"]["message"]
+
+
 def test_non_json_body_is_415():
-    response = Client().post("/api/jobs", data={"serving": "sentiment"})
+    response = Client().post("/api/jobs", data="serving=sentiment", content_type="text/plain")
     assert response.status_code == 415
 
 
@@ -121,7 +128,6 @@ def test_csrf_stays_on():
 
 def test_missing_model_fails_the_job_with_install_instructions(settings, tmp_path):
     settings.MLSERVICES = {"sentiment": {"model": str(tmp_path / "absent")}}
-    validation._serving.cache_clear()
     mlservices.configure(settings.MLSERVICES, device="cpu")
     client = Client()
     job = finished(client, submit(client, {"serving": "sentiment", "input": {"text": "hi"}}).json()["id"])

@@ -23,12 +23,10 @@ TIMEOUT = 30
 def inprocess(settings, tiny_sentiment_model):
     settings.MLSERVICES_MODE = "inprocess"
     settings.MLSERVICES = {"sentiment": {"model": str(tiny_sentiment_model), "batch_timeout_ms": 1}}
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    validation._serving.cache_clear()
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "webapp.channel_layer.InProcessChannelLayer"}}
     mlservices.configure(settings.MLSERVICES, device="cpu")
     yield
     mlservices.configure({})
-    validation._serving.cache_clear()
 
 
 @sync_to_async

@@ -98,8 +98,8 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
     }
-else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:  # one process: Channels' in-memory layer, made safe to send to from job threads
+    CHANNEL_LAYERS = {"default": {"BACKEND": "webapp.channel_layer.InProcessChannelLayer"}}
 
 # --- Servings -------------------------------------------------------------
 # "inprocess": the web process runs servings itself (like an Nx.Serving in a
@@ -126,6 +126,15 @@ for _name, _options in json.loads(env("MLSERVICES_CONFIG", "{}")).items():
 
 # Largest text accepted from a browser or the API, in characters.
 MLSERVICES_MAX_TEXT_CHARS = int(env("MLSERVICES_MAX_TEXT_CHARS", "20000"))
+# Largest upload, in bytes, for a file serving whose spec sets no smaller limit.
+MLSERVICES_UPLOAD_MAX_BYTES = int(env("MLSERVICES_UPLOAD_MAX_BYTES", str(50 * 1024 * 1024)))
+# Per-serving overrides of the spec's limits (JSON), e.g.
+# {"background_removal": {"max_bytes": 5000000}, "sentiment": {"max_chars": 5000}}.
+MLSERVICES_LIMITS = json.loads(env("MLSERVICES_LIMITS", "{}"))
+# Most bytes one owner may keep stored (uploads + job files); past it uploads get 413.
+OWNER_STORAGE_MAX_BYTES = int(env("OWNER_STORAGE_MAX_BYTES", str(500 * 1024 * 1024)))
+# `python manage.py purge_jobs` deletes jobs, uploads and files older than this.
+JOBS_RETENTION_DAYS = float(env("JOBS_RETENTION_DAYS", "7"))
 # Request bodies above this are refused before they are read (bytes).
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(env("DJANGO_MAX_BODY_BYTES", str(1024 * 1024)))
 # How many times a job may start (worker deaths included) before it is failed.
@@ -199,7 +208,18 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True
+# Uploads and job files: Django's default storage. The file system under
+# MEDIA_ROOT unless DJANGO_STORAGES (JSON, Django's STORAGES format, e.g. an
+# S3 bucket through django-storages) says otherwise; web and workers must
+# share it. Files are served only through owner-checked views, never MEDIA_URL.
 MEDIA_ROOT = Path(env("DJANGO_MEDIA_ROOT", str(BASE_DIR / "media")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+STORAGES.update(json.loads(env("DJANGO_STORAGES", "{}")))
+# Uploads above this size go to a temporary file instead of memory while read.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

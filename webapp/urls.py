@@ -7,6 +7,8 @@ urlpatterns = [
     path("", pages.home, name="home"),
     path("api/jobs", api.jobs, name="api-jobs"),
     path("api/jobs/<uuid:job_id>", api.job_detail, name="api-job"),
+    path("api/jobs/<uuid:job_id>/files/<str:name>", api.job_file, name="api-job-file"),
+    path("api/uploads", api.upload, name="api-uploads"),
     path("api/servings", api.servings, name="api-servings"),
     path("admin/", admin.site.urls),
 ]

@@ -1,35 +1,35 @@
 """The transport: where servings run, chosen by ``MLSERVICES_MODE``.
 
-- ``inprocess``: jobs run on a small thread pool of this process and live
-  predictions are awaited on the process's own runtime (batched all the same).
-- ``celery``: jobs and live predictions become Celery tasks on the serving's
-  queue; the worker pushes results back through the channel layer.
+- ``inprocess``: jobs and live predictions run on thread pools of this
+  process (batched all the same, by this process's runtime).
+- ``celery``: they become Celery tasks on the serving's queue, run by a worker.
 
-Everything else (validation, persistence, pushing) is the same in both modes.
+Either way the work is ``execution.execute_job`` / ``execute_prediction``,
+and its results travel back as channel-layer events (``webapp.jobs.events``);
+only the hop in between differs. Nothing else knows the mode.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-import mlservices
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 
-from .execution import execute_job, fail_job
+from .execution import execute_job, execute_prediction, fail_job
 from .models import Job
 
 log = logging.getLogger(__name__)
-_pool: ThreadPoolExecutor | None = None
+PREDICTION_EXPIRES_S = 60  # a live prediction nobody ran within a minute is not wanted any more
+_pools: dict[str, ThreadPoolExecutor] = {}
 
 
-def _inprocess_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="jobs")
-    return _pool
+def _pool(kind: str) -> ThreadPoolExecutor:
+    """One pool for jobs and one for live predictions, so a backlog of jobs never delays typing."""
+    if kind not in _pools:
+        _pools[kind] = ThreadPoolExecutor(max_workers=16, thread_name_prefix=kind)
+    return _pools[kind]
 
 
 def distributed() -> bool:
@@ -41,7 +41,7 @@ def enqueue_job(job: Job) -> None:
     if distributed():
         transaction.on_commit(lambda: _send(job))
     else:
-        transaction.on_commit(lambda: _inprocess_pool().submit(_run_and_close, job.pk))
+        transaction.on_commit(lambda: _pool("jobs").submit(_closing, execute_job, job.pk))
 
 
 def _send(job: Job) -> None:
@@ -60,24 +60,23 @@ def _send(job: Job) -> None:
         )
 
 
-def _run_and_close(job_id) -> None:
-    from django.db import close_old_connections
-
-    try:
-        execute_job(job_id)
-    finally:
-        close_old_connections()
-
-
-async def predict(serving: str, input, reply_channel: str, request_id) -> dict | None:
-    """A live (unsaved) prediction. Returns the result in in-process mode; in
-    Celery mode returns None and the worker sends ``prediction.result`` to
-    ``reply_channel``."""
+def predict(serving: str, input, reply_channel: str, request_id) -> None:
+    """Start a live (unsaved) prediction; its answer is sent to ``reply_channel``. Blocking
+    (it may talk to the broker): call it from a thread."""
     if distributed():
         from .tasks import predict as predict_task
 
-        await asyncio.to_thread(
-            predict_task.apply_async, (serving, input, reply_channel, request_id), queue=serving, expires=60
+        predict_task.apply_async(
+            (serving, input, reply_channel, request_id), queue=serving, expires=PREDICTION_EXPIRES_S
         )
-        return None
-    return await mlservices.abatched_run(serving, input)
+    else:
+        _pool("predictions").submit(_closing, execute_prediction, serving, input, reply_channel, request_id)
+
+
+def _closing(run, *args) -> None:
+    try:
+        run(*args)
+    except Exception:
+        log.exception("%s failed outside the serving", run.__name__)
+    finally:
+        close_old_connections()

@@ -1,40 +1,38 @@
-"""Running a job: claim it, call the serving, record the outcome, push it.
+"""Running work: claim a job, stream it through its serving, record and publish.
 
-``execute_job(job_id)`` is what both transports call: a thread of the web
-process in in-process mode, the Celery task in distributed mode. It is
-idempotent: a job already finished is left alone (a redelivered message does
-nothing), the outcome is recorded at most once even when two deliveries of
-the same job run at the same time, and a job that has started
-``JOBS_MAX_ATTEMPTS`` times without finishing (its worker died, or was
+``execute_job(job_id)`` and ``execute_prediction(...)`` are what both
+transports call: a thread of the web process in in-process mode, the Celery
+tasks in distributed mode. Both go through ``run_stream``, hence through the
+serving's batcher, so concurrent work shares batches.
+
+``execute_job`` is idempotent: a job already finished is left alone (a
+redelivered message does nothing), the outcome is recorded at most once even
+when two deliveries of the same job run at the same time, and a job that has
+started ``JOBS_MAX_ATTEMPTS`` times without finishing (its worker died, or was
 stopped by the hard time limit, each time) is failed with a readable error
-instead of being tried forever.
-
-``run_serving`` is the one call into the serving: through this process's
-batcher, so concurrent jobs share batches, with the serving's soft time limit
-as a bound on the wait (``MLSERVICES_TIME_LIMITS``).
+instead of being tried forever. A delivery that starts over resets the job's
+progress, and a stale delivery no longer writes progress, so the partials
+stored and the final result never hold an item twice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import mlservices
-from asgiref.sync import async_to_sync
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import owners
+from . import events, uploads
 from .models import Job
 
 log = logging.getLogger(__name__)
 
-# A guard wraps each run of a serving: guard(serving, what) -> context manager.
+# A guard wraps each step of a run: guard(serving, what) -> context manager.
 # The worker installs its hard-time-limit watchdog here (webapp.worker).
 Guard = Callable[[str, str], contextlib.AbstractContextManager]
 
@@ -47,6 +45,10 @@ class TimeLimitExceeded(mlservices.ServingFailed):
     """A run waited longer than its serving's soft time limit."""
 
     code = "timeout"
+
+
+class _Superseded(Exception):
+    """Another delivery of the job has taken over (or finished it): stop quietly."""
 
 
 def time_limits(serving: str) -> tuple[float, float]:
@@ -66,53 +68,36 @@ def error_payload(exc: BaseException) -> dict:
     return {"code": "internal_error", "message": f"internal error ({type(exc).__name__}); the site's log has the details"}
 
 
-def run_serving(
+def run_stream(
     name: str, input: Any, runtime: mlservices.Runtime | None = None, guard: Guard = _no_guard, what: str = "a run"
-) -> tuple[Any, str]:
-    """Run ``input`` through serving ``name``'s batcher; return (result, model version).
+) -> Iterator[mlservices.Progress | mlservices.Final]:
+    """The events of ``input`` through serving ``name``'s batcher.
 
-    Loading (when the serving is not loaded yet) is not timed; from then on the
-    run waits at most the serving's soft time limit for its batch, then fails
-    with ``TimeLimitExceeded`` (a run still queued in the batcher is dropped).
+    Loading (when the serving is not loaded yet) is not timed. From then on
+    each step (preprocess and the first item; each later item) waits at most
+    the serving's soft time limit, then fails with ``TimeLimitExceeded`` (items
+    still queued in the batcher are dropped), and runs under ``guard`` (the
+    worker's hard limit): a long stream that keeps making progress is not stuck.
     """
     runtime = runtime or mlservices.runtime.default()
-    loaded = runtime.serving(name)
+    runtime.serving(name)
     soft, _ = time_limits(name)
-    with guard(name, what):
-        try:
-            return runtime.batched_run(name, input, timeout=soft), loaded.version
-        except TimeoutError:
-            raise TimeLimitExceeded(
-                f"{name}: no answer within {soft:g} s (the serving's soft time limit, "
-                "MLSERVICES_TIME_LIMITS); the model is overloaded or stuck. Try again in a moment"
-            ) from None
-
-
-_server_loop: asyncio.AbstractEventLoop | None = None
-
-
-def remember_server_loop() -> None:
-    """Record the ASGI server's event loop (the consumer calls this on connect)."""
-    global _server_loop
-    _server_loop = asyncio.get_running_loop()
-
-
-def publish(job: Job) -> None:
-    """Push the job's current state to its owner's browsers."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    group, message = owners.of_job(job).group, {"type": "job.update", "job": job.as_json()}
+    stream = runtime.stream(name, input, timeout=soft)
     try:
-        loop = _server_loop
-        if isinstance(layer, InMemoryChannelLayer) and loop is not None and loop.is_running():
-            # The in-memory layer's queues belong to the server's loop; a send from
-            # another loop would sit unseen until that loop next wakes (up to ~1 s).
-            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=10)
-        else:
-            async_to_sync(layer.group_send)(group, message)
-    except Exception:  # a push that fails is not a job that fails: a reload shows the state
-        log.warning("could not push the update of job %s", job.id, exc_info=True)
+        while True:
+            with guard(name, what):
+                try:
+                    event = next(stream)
+                except StopIteration:
+                    return
+                except TimeoutError:
+                    raise TimeLimitExceeded(
+                        f"{name}: no answer within {soft:g} s (the serving's soft time limit, "
+                        "MLSERVICES_TIME_LIMITS); the model is overloaded or stuck. Try again in a moment"
+                    ) from None
+            yield event
+    finally:
+        stream.close()
 
 
 def _claim(job_id) -> Job | None:
@@ -123,18 +108,34 @@ def _claim(job_id) -> Job | None:
         job.attempts += 1
         job.status = Job.Status.RUNNING
         job.started_at = timezone.now()
-        job.save(update_fields=["attempts", "status", "started_at"])
+        job.progress, job.partials = 0.0, []  # a delivery that starts over starts from nothing
+        job.save(update_fields=["attempts", "status", "started_at", "progress", "partials"])
         return job
 
 
-def _finish(job: Job, **fields) -> bool:
+def _record_progress(job: Job, event: mlservices.Progress) -> None:
+    job.partials.append(event.partial)
+    job.progress = round(event.fraction, 4)
+    mine = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
+    if not mine.update(progress=job.progress, partials=job.partials):
+        raise _Superseded
+    events.job_progressed(job, event.done, event.total, event.partial)
+
+
+def _finish(job: Job, files=(), **fields) -> bool:
     """Record the outcome unless someone else already did (at most once)."""
     fields["finished_at"] = timezone.now()
-    updated = Job.objects.filter(pk=job.pk).exclude(status__in=Job.FINISHED).update(**fields)
-    if not updated:  # another delivery finished first (or the job is gone): keep its outcome
-        with contextlib.suppress(Job.DoesNotExist):
-            job.refresh_from_db()
-        return False
+    with transaction.atomic():
+        current = Job.objects.select_for_update().filter(pk=job.pk).first()
+        if current is None or current.status in Job.FINISHED:  # another delivery won: keep its outcome
+            for row in files:
+                row.file.delete(save=False)
+            if current is not None:
+                job.refresh_from_db()
+            return False
+        Job.objects.filter(pk=job.pk).update(**fields)
+        for row in files:
+            row.save()
     for name, value in fields.items():
         setattr(job, name, value)
     return True
@@ -144,7 +145,7 @@ def fail_job(job: Job, code: str, message: str) -> bool:
     """Fail ``job`` (unless it has finished) and push it; True if this call failed it."""
     done = _finish(job, status=Job.Status.FAILED, error_code=code, error=message)
     if done:
-        publish(job)
+        events.job_changed(job)
     return done
 
 
@@ -160,16 +161,40 @@ def execute_job(job_id, runtime: mlservices.Runtime | None = None, guard: Guard 
             "stopped before it finished (it crashed, or the job ran past its hard time limit)",
         )
         return job
-    publish(job)
+    events.job_changed(job)
     try:
-        result, version = run_serving(job.serving, job.input, runtime, guard, what=f"job {job.pk}")
+        input = uploads.resolve(job.serving, job.input)
+        for event in run_stream(job.serving, input, runtime, guard, what=f"job {job.pk}"):
+            if isinstance(event, mlservices.Progress):
+                _record_progress(job, event)
+            else:
+                files, result = uploads.write_artifacts(job, event.result)
+                done = _finish(job, files, status=Job.Status.DONE, result=result, model_version=event.version)
+    except _Superseded:
+        log.info("job %s: another delivery took over; this one stops", job.pk)
+        return job
     except Exception as exc:  # every failure ends the job visibly
         payload = error_payload(exc)
         done = _finish(job, status=Job.Status.FAILED, error=payload["message"], error_code=payload["code"])
-    else:
-        if isinstance(result, dict) and result.get("model"):
-            version = str(result["model"])
-        done = _finish(job, status=Job.Status.DONE, result=result, model_version=version)
     if done:
-        publish(job)
+        events.job_changed(job)
     return job
+
+
+def execute_prediction(
+    serving: str, input: Any, reply_channel: str, request_id=None,
+    runtime: mlservices.Runtime | None = None, guard: Guard = _no_guard,
+) -> dict:
+    """A live prediction: nothing is saved; the answer goes to ``reply_channel``."""
+    try:
+        resolved = uploads.resolve(serving, input)
+        for event in run_stream(serving, resolved, runtime, guard, what="a live prediction"):
+            if isinstance(event, mlservices.Final):
+                result = uploads.described(event.result)
+                events.prediction_ready(reply_channel, request_id, result, event.version)
+                return {"result": result, "model_version": event.version}
+    except Exception as exc:
+        error = error_payload(exc)
+        events.prediction_failed(reply_channel, request_id, error)
+        return {"error": error}
+    raise AssertionError("a stream always ends with its Final event")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .models import Job
+from .models import Job, Upload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,20 +27,29 @@ class Owner:
             return f"jobs.user.{self.user_id}"
         return f"jobs.session.{self.session_key}"
 
-    def jobs(self):
+    def owned(self, queryset):
+        """``queryset`` (of jobs or uploads) narrowed to this owner's rows."""
         if self.user_id:
-            return Job.objects.filter(owner_id=self.user_id)
+            return queryset.filter(owner_id=self.user_id)
         if self.session_key:
-            return Job.objects.filter(owner__isnull=True, session_key=self.session_key)
-        return Job.objects.none()
+            return queryset.filter(owner__isnull=True, session_key=self.session_key)
+        return queryset.none()
 
-    def stamp(self, job: Job) -> Job:
-        job.owner_id = self.user_id
-        job.session_key = "" if self.user_id else self.session_key
-        return job
+    def jobs(self):
+        return self.owned(Job.objects.select_related("upload").prefetch_related("files"))
+
+    def uploads(self):
+        return self.owned(Upload.objects.all())
+
+    def stamp(self, row):
+        """Make this owner the owner of ``row`` (a job or an upload); returns it."""
+        row.owner_id = self.user_id
+        row.session_key = "" if self.user_id else self.session_key
+        return row
 
 
 def of_job(job: Job) -> Owner:
+    """The owner of a job (or of any owned row)."""
     return Owner(user_id=job.owner_id) if job.owner_id else Owner(session_key=job.session_key)
 
 
