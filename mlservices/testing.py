@@ -10,6 +10,9 @@ becomes arithmetic, not timing::
     loaded = toy.serving(batch_size=4).setup("cpu")
     loaded.run(21)                      # -> 42
 
+The gate may also be a ``Turnstile``: each batch takes one permit, so a test
+lets exactly N batches through (``release(n)``) and holds the next one.
+
 Inputs: ints. ``"boom-pre"`` fails in preprocess, ``"boom-post"`` in
 postprocess, and a batch containing ``"boom-infer"`` fails in inference; any
 of them fails only where a real serving would.
@@ -36,6 +39,27 @@ from .artifacts import Artifact
 from .errors import InvalidInput
 from .serving import Prepared, Serving
 from .spec import InputSpec, Option
+
+
+class Turnstile:
+    """A gate that lets one batch through per permit (``release(n)``), or all once ``set()``."""
+
+    def __init__(self, permits: int = 0):
+        self._permits = threading.Semaphore(permits)
+        self._open = threading.Event()
+
+    def release(self, n: int = 1) -> None:
+        self._permits.release(n)
+
+    def set(self) -> None:
+        self._open.set()
+        self._permits.release(1_000_000)
+
+    def is_set(self) -> bool:
+        return self._open.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._permits.acquire(timeout=timeout)
 
 
 class Toy:

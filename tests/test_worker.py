@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,11 +107,20 @@ def toy_files(tmp_path) -> SimpleNamespace:
     return SimpleNamespace(gate=tmp_path / "gate-open", announce=tmp_path / "batches.jsonl")
 
 
-def toy_env(live_db: str, redis_url: str, files: SimpleNamespace, *, batch_size: int, **extra: str) -> dict:
-    config = {"toy": {"gate": str(files.gate), "announce": str(files.announce), "batch_size": batch_size, "batch_timeout_ms": 5}}
+def toy_env(
+    live_db: str, redis_url: str, files: SimpleNamespace, *, batch_size: int, serving: str = "toy", **extra: str
+) -> dict:
+    config = {serving: {"gate": str(files.gate), "announce": str(files.announce), "batch_size": batch_size, "batch_timeout_ms": 5}}
     return worker_env(
         live_db, redis_url, MLSERVICES_EXTRA_SERVINGS="tests.worker_servings", MLSERVICES_CONFIG=json.dumps(config), **extra
     )
+
+
+def let_through(gate: Path, batches: int | None = None) -> None:
+    """Open a toy's file gate for ``batches`` more batches in all (None: for good), atomically."""
+    staging = gate.with_suffix(".tmp")
+    staging.write_text("" if batches is None else str(batches))
+    os.replace(staging, gate)
 
 
 def worker_env(live_db: str, redis_url: str, **extra: str) -> dict:
@@ -777,3 +787,128 @@ def test_the_stack_serves_a_job_end_to_end_and_ctrl_c_stops_web_and_worker(
         if stack.poll() is None:
             os.killpg(stack.pid, signal.SIGKILL)
             stack.wait()
+
+
+# --- Servings v2 through the worker: streams, files ---------------------------------------
+
+
+async def progress_until(communicator, job_id: str, status: str = "done") -> list[dict]:
+    """Every message about ``job_id`` until it is pushed with ``status``."""
+    messages = []
+    while True:
+        message = await communicator.receive_json_from(timeout=TIMEOUT)
+        about = message.get("job_id") or message.get("job", {}).get("id")
+        assert about == job_id, message
+        messages.append(message)
+        if message["type"] == "job" and message["job"]["status"] == status:
+            return messages
+
+
+@pytest.mark.redis
+@pytest.mark.worker
+async def test_a_stream_through_the_worker_arrives_in_order_and_a_late_page_sees_it_from_the_database(
+    tmp_path, toy_files, redis_db, redis_url, live_db, redis_layer, celery_client
+):
+    env = toy_env(live_db, redis_url, toy_files, batch_size=1, serving="windows")
+    let_through(toy_files.gate, 2)
+    session = await new_session()
+    async with jobs_socket(session) as (communicator, _):
+        (job_id,) = await create_jobs(session, "windows", [{"windows": 4, "value": 7, "fail_at": -1}])
+        async with in_thread(celery_worker(celery_client, env, tmp_path, name="stream", queues="windows")):
+            enqueue(celery_client, [job_id], "windows")
+            head = [await communicator.receive_json_from(timeout=TIMEOUT) for _ in range(3)]
+            assert [m["type"] for m in head] == ["job", "job.progress", "job.progress"]
+            assert [m["done"] for m in head[1:]] == [1, 2]
+            async with jobs_socket(session) as (_, snapshot):  # a reload while window 3 is held
+                (seen,) = snapshot["jobs"]
+                assert (seen["status"], seen["progress"]) == ("running", 0.5)
+                assert seen["partials"] == [{"index": 0, "output": 14}, {"index": 1, "output": 16}]
+            let_through(toy_files.gate)
+            rest = await progress_until(communicator, job_id)
+    assert [m.get("done") for m in rest] == [3, 4, None]
+    assert rest[-1]["job"]["result"] == {"outputs": [14, 16, 18, 20], "total": 68}
+    assert [p["index"] for p in rest[-1]["job"]["partials"]] == [0, 1, 2, 3]
+
+
+@pytest.mark.redis
+@pytest.mark.worker
+async def test_a_worker_killed_mid_stream_leaves_one_complete_result_without_doubled_partials(
+    tmp_path, toy_files, redis_db, redis_url, live_db, redis_layer, celery_client
+):
+    env = toy_env(live_db, redis_url, toy_files, batch_size=1, serving="windows",
+                  CELERY_VISIBILITY_TIMEOUT="3", JOBS_MAX_ATTEMPTS="5")
+    let_through(toy_files.gate, 2)
+    session = await new_session()
+    async with jobs_socket(session) as (communicator, _):
+        (job_id,) = await create_jobs(session, "windows", [{"windows": 4, "value": 0, "fail_at": -1}])
+        async with in_thread(celery_worker(celery_client, env, tmp_path, name="doomed", queues="windows")) as doomed:
+            enqueue(celery_client, [job_id], "windows")
+            head = [await communicator.receive_json_from(timeout=TIMEOUT) for _ in range(3)]
+            assert [m.get("done") for m in head] == [None, 1, 2]
+            doomed.process.send_signal(signal.SIGKILL)
+            assert doomed.process.wait(timeout=TIMEOUT) == -signal.SIGKILL
+        assert (await wait_for_jobs([job_id], statuses=("running",)))[job_id].partials == [
+            {"index": 0, "output": 0}, {"index": 1, "output": 2}]
+        let_through(toy_files.gate)
+        async with in_thread(celery_worker(celery_client, env, tmp_path, name="fresh", queues="windows")):
+            rest = await progress_until(communicator, job_id)
+            job = (await wait_for_jobs([job_id]))[job_id]
+    assert [(m["type"], m.get("done")) for m in rest] == [
+        ("job", None), ("job.progress", 1), ("job.progress", 2), ("job.progress", 3), ("job.progress", 4), ("job", None)]
+    assert rest[0]["job"]["progress"] == 0.0 and rest[0]["job"]["partials"] == []  # the redelivery starts over
+    assert (job.status, job.attempts) == ("done", 2)
+    assert job.result == {"outputs": [0, 2, 4, 6], "total": 12}
+    assert [p["index"] for p in job.partials] == [0, 1, 2, 3]
+
+
+@pytest.mark.redis
+@pytest.mark.worker
+async def test_a_file_job_posted_to_the_site_crosses_celery_as_a_reference_and_its_file_is_the_owners_only(
+    tmp_path, toy_files, redis_db, redis_url, live_db, redis_layer, celery_client
+):
+    import base64
+
+    let_through(toy_files.gate)
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(2000)
+    env = toy_env(live_db, redis_url, toy_files, batch_size=4, serving="files", DJANGO_MEDIA_ROOT=str(tmp_path / "media"))
+    async with in_thread(asgi_server(env, tmp_path / "daphne.log")) as site:
+        jar = http.cookiejar.CookieJar()
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        await asyncio.to_thread(lambda: browser.open(site + "/", timeout=10).read())
+        cookies = {c.name: c.value for c in jar}
+        boundary = "b0undary"
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="serving"\r\n\r\nfiles\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="flip"\r\n\r\ntrue\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="me.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode() + png + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(site + "/api/jobs", data=body, method="POST", headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}", "X-CSRFToken": cookies["csrftoken"]})
+        with await asyncio.to_thread(browser.open, request, None, 10) as response:
+            assert response.status == 201
+            created = json.loads(response.read())
+
+        # Nothing runs it yet: read the message as the broker holds it.
+        (raw,) = redis_db.lrange("files", 0, -1)
+        envelope = json.loads(raw)
+        args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+        assert args == [created["id"]] and kwargs == {}
+        for encoded in (png, base64.b64encode(png), png[8:40].hex().encode()):
+            assert encoded[:24] not in raw
+        assert len(raw) < 3000
+
+        async with jobs_socket(cookies[SESSION_COOKIE]) as (communicator, _):
+            async with in_thread(celery_worker(celery_client, env, tmp_path, name="files", queues="files")):
+                updates = await job_updates_until(communicator, [created["id"]])
+        done = updates[-1]
+        assert done["result"]["bytes"] == len(png) and done["files"][0]["name"] == "copy.bin"
+        with await asyncio.to_thread(browser.open, site + done["files"][0]["url"], None, 10) as response:
+            assert response.read() == png[::-1]
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+        stranger = urllib.request.build_opener()
+        for url in (done["files"][0]["url"], done["input_file"]["url"]):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                await asyncio.to_thread(stranger.open, site + url, None, 10)
+            assert refused.value.code == 404
+            assert json.loads(refused.value.read())["error"]["code"] == "not_found"
