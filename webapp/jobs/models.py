@@ -87,6 +87,7 @@ class Job(Owned):
     error_code = models.CharField(max_length=40, blank=True)
     model_version = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)  # who runs it: "<celery node>:<pid>" or "web:<pid>"
     queued_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
