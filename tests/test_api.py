@@ -76,7 +76,7 @@ def test_another_users_job_is_invisible():
 @pytest.mark.parametrize(
     "body, status, code, message",
     [
-        ({"serving": "sentimant", "input": {"text": "x"}}, 404, "unknown_serving", "known servings: sentiment"),
+        ({"serving": "sentimant", "input": {"text": "x"}}, 404, "unknown_serving", "; known servings: "),
         ({"serving": "sentiment", "input": {"text": "  "}}, 400, "invalid_input", "the text is empty"),
         ({"serving": "sentiment", "input": {"text": "x" * 20_001}}, 400, "invalid_input", "limit is 20,000"),
         ({"serving": "sentiment", "input": 7}, 400, "invalid_input", "the input is int"),
