@@ -1,18 +1,29 @@
-"""Dynamic batching: many callers, few model calls.
+"""Dynamic batching: many callers, few model calls, fair to every caller.
 
-``Batcher(infer, max_batch_size=..., max_wait_ms=..., parallel=1)`` owns
-``parallel`` threads that call ``infer(items) -> outputs``, each on its own
-batch (on a CPU, two batches on one torch thread each keep both cores busy
+``Batcher(infer, max_batch_size=..., max_wait_ms=..., parallel=1, max_queued=None)``
+owns ``parallel`` threads that call ``infer(items) -> outputs``, each on its
+own batch (on a CPU, two batches on one torch thread each keep both cores busy
 while the other work of the process, e.g. a Celery worker's, runs beside them,
 where one batch on two threads stalls whenever either core is taken).
-Callers, from any thread, ``submit(item, key)`` and get a
-``concurrent.futures.Future``. A batch leaves when it is full
-or when its oldest item has waited ``max_wait_ms``, whichever comes first;
-items with different keys never share a batch. If ``infer`` raises, every item
-of that batch fails with the error; the next batch is unaffected.
+Callers, from any thread, ``submit(item, key, owner)`` (or ``submit_many``:
+all the items of one input, or none) and get ``concurrent.futures.Future``s.
+
+- A batch leaves when it is full or when the oldest item of its key has
+  waited ``max_wait_ms``, whichever comes first; items with different keys
+  never share a batch.
+- Within a key, items are taken round-robin by ``owner`` (a session, a user;
+  ``None`` is one owner like any other), oldest first within an owner: one
+  owner's backlog of 800 items cannot hold another owner's single item
+  behind it, since the next batch takes its fair share from every owner
+  waiting. The turn order carries over from batch to batch.
+- ``max_queued`` bounds the items waiting (not those in inference): a submit
+  past it raises ``Overloaded`` with ``retry_after`` seconds estimated from
+  recent batch times; an input that could never fit is ``InvalidInput``.
+- If ``infer`` raises, every item of that batch fails with the error; the
+  next batch is unaffected. Cancelled futures are skipped and free their place.
 
 Each batch is recorded (``records()``: size, key, how long its oldest item
-waited, how long inference took) for metrics and tests::
+waited, how long inference took) for metrics, tests and ``retry_after``::
 
     b = Batcher(lambda xs: [x * 2 for x in xs], max_batch_size=4, max_wait_ms=5)
     b.submit(21).result()           # -> 42
@@ -24,14 +35,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
+import math
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future
 
-from .errors import ServingError, ServingFailed
+from .errors import InvalidInput, Overloaded, ServingError, ServingFailed
 
 RECORDS_KEPT = 1000
+RECENT_RECORDS = 32  # the batches retry_after learns the speed from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +57,72 @@ class BatchRecord:
     failed: bool
 
 
+def retry_after(items: int, records: Iterable[BatchRecord], parallel: int = 1) -> int:
+    """Whole seconds (at least 1) until ``items`` queued items have gone through
+    inference, at the per-item speed of ``records``; 1 when there are none::
+
+        retry_after(25, [BatchRecord(4, None, 0, 400, False)] * 2)   # -> 3 (25 x 100 ms)
+    """
+    records = list(records)
+    done = sum(r.size for r in records)
+    if not done:
+        return 1
+    seconds_per_item = sum(r.inference_ms for r in records) / 1000.0 / done
+    return max(1, math.ceil(items * seconds_per_item / parallel))
+
+
 @dataclasses.dataclass
 class _Pending:
     item: object
     future: Future
     arrived: float
+
+
+class _Lane:
+    """The items of one batch key: a queue per owner, served round-robin.
+
+    ``owners`` is the ring: its first owner gives the next item and goes to
+    the back if it has more waiting, so the order carries over from one batch
+    to the next.
+    """
+
+    def __init__(self):
+        self.owners: collections.OrderedDict[Hashable, collections.deque[_Pending]] = collections.OrderedDict()
+        self.size = 0
+
+    def append(self, owner: Hashable, pending: _Pending) -> None:
+        self.owners.setdefault(owner, collections.deque()).append(pending)
+        self.size += 1
+
+    def oldest(self) -> float:
+        return min(queue[0].arrived for queue in self.owners.values())
+
+    def take(self, n: int) -> list[_Pending]:
+        """Up to ``n`` live items, one per owner in turn; cancelled ones are dropped."""
+        batch: list[_Pending] = []
+        while len(batch) < n and self.owners:
+            owner, queue = next(iter(self.owners.items()))
+            pending = queue.popleft()
+            self.size -= 1
+            if pending.future.cancelled():  # not a turn: the owner keeps its place
+                if not queue:
+                    del self.owners[owner]
+                continue
+            batch.append(pending)
+            if queue:
+                self.owners.move_to_end(owner)  # to the back of the ring
+            else:
+                del self.owners[owner]
+        return batch
+
+    def drop_cancelled(self) -> None:
+        for owner, queue in list(self.owners.items()):
+            live = collections.deque(p for p in queue if not p.future.cancelled())
+            self.size -= len(queue) - len(live)
+            if live:
+                self.owners[owner] = live  # same key: keeps its place in the ring
+            else:
+                del self.owners[owner]
 
 
 class Batcher:
@@ -59,16 +134,20 @@ class Batcher:
         max_wait_ms: float,
         name: str = "batcher",
         parallel: int = 1,
+        max_queued: int | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}; use 1 or more")
         if parallel < 1:
             raise ValueError(f"parallel={parallel}; use 1 or more")
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued={max_queued}; use 1 or more, or None for no bound")
         self._infer = infer
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
+        self.max_queued = max_queued
         self.name = name
-        self._queues: dict[Hashable, collections.deque[_Pending]] = {}
+        self._lanes: dict[Hashable, _Lane] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._records: collections.deque[BatchRecord] = collections.deque(maxlen=RECORDS_KEPT)
@@ -80,24 +159,35 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, item, key: Hashable = None) -> Future:
-        future: Future = Future()
+    def submit(self, item, key: Hashable = None, owner: Hashable = None) -> Future:
+        """Queue one item of ``owner``; raises ``Overloaded`` when the queue is full."""
+        return self.submit_many([(item, key)], owner)[0]
+
+    def submit_many(self, items: Sequence[tuple[object, Hashable]], owner: Hashable = None) -> list[Future]:
+        """Queue every ``(item, key)`` of ``items`` (e.g. the windows of one
+        input) for ``owner``, or none of them: ``Overloaded`` if they do not
+        all fit under ``max_queued`` now, ``InvalidInput`` if they never can."""
         with self._cond:
             if self._closed:
                 raise ServingFailed(f"{self.name}: the batcher is closed; the serving is shutting down")
-            self._queues.setdefault(key, collections.deque()).append(
-                _Pending(item, future, time.monotonic())
-            )
-            self._cond.notify()
-        return future
+            self._make_room(len(items))
+            arrived = time.monotonic()
+            futures = []
+            for item, key in items:
+                future: Future = Future()
+                self._lanes.setdefault(key, _Lane()).append(owner, _Pending(item, future, arrived))
+                futures.append(future)
+            self._cond.notify_all()  # every idle thread: the items may make several batches
+        return futures
 
     def records(self) -> list[BatchRecord]:
         with self._cond:
             return list(self._records)
 
     def pending(self) -> int:
+        """Items waiting for a batch (cancelled ones included until dropped)."""
         with self._cond:
-            return sum(len(q) for q in self._queues.values())
+            return self._queued()
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop taking items; finish what is queued, then stop the thread."""
@@ -107,23 +197,50 @@ class Batcher:
         for thread in self._threads:
             thread.join(timeout)
 
+    def _queued(self) -> int:
+        return sum(lane.size for lane in self._lanes.values())
+
+    def _make_room(self, n: int) -> None:
+        """Raise unless ``n`` more items fit under ``max_queued`` (call holding the lock)."""
+        if self.max_queued is None or self._queued() + n <= self.max_queued:
+            return
+        if n > self.max_queued:
+            raise InvalidInput(
+                f"{self.name}: this input makes {n} batch items and at most max_queued={self.max_queued} "
+                "can wait; send a smaller input, or raise the serving's max_queued option"
+            )
+        for lane in self._lanes.values():
+            lane.drop_cancelled()
+        self._lanes = {key: lane for key, lane in self._lanes.items() if lane.size}
+        queued = self._queued()
+        if queued + n <= self.max_queued:
+            return
+        recent = itertools.islice(reversed(self._records), RECENT_RECORDS)
+        seconds = retry_after(queued + n - self.max_queued, recent, self.parallel)
+        wanted = "1 more item" if n == 1 else f"{n} more items (one input, all or none)"
+        raise Overloaded(
+            f"{self.name} is overloaded: {queued} items are queued, max_queued={self.max_queued}, "
+            f"no room for {wanted}; try again in {seconds} s",
+            retry_after=seconds,
+        )
+
     def _next_batch(self) -> tuple[Hashable, list[_Pending]] | None:
         with self._cond:
             while True:
-                heads = {k: q[0].arrived for k, q in self._queues.items() if q}
+                heads = {k: lane.oldest() for k, lane in self._lanes.items()}  # no lane is empty
                 if not heads:
                     if self._closed:
                         return None
                     self._cond.wait()
                     continue
-                full = [k for k in heads if len(self._queues[k]) >= self.max_batch_size]
+                full = [k for k in heads if self._lanes[k].size >= self.max_batch_size]
                 key = min(full or heads, key=heads.__getitem__)
                 wait_left = heads[key] + self.max_wait - time.monotonic()
                 if full or wait_left <= 0 or self._closed:
-                    queue = self._queues[key]
-                    batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch_size))]
-                    if not queue:
-                        del self._queues[key]
+                    lane = self._lanes[key]
+                    batch = lane.take(self.max_batch_size)
+                    if not lane.size:
+                        del self._lanes[key]
                     return key, batch
                 self._cond.wait(wait_left)
 
@@ -153,7 +270,7 @@ class Batcher:
                     BatchRecord(
                         size=len(batch),
                         key=key,
-                        wait_ms=(started - batch[0].arrived) * 1000.0,
+                        wait_ms=(started - min(p.arrived for p in batch)) * 1000.0,
                         inference_ms=(finished - started) * 1000.0,
                         failed=error is not None,
                     )

@@ -10,6 +10,8 @@ Callers tell them apart by class and show ``str(error)`` to people as is:
   lists the known ones.
 - ``ServingFailed``: the model itself failed on a batch; every item of that
   batch gets it.
+- ``Overloaded``: the serving's queue is full (``max_queued``); nothing was
+  queued, and ``retry_after`` says in how many seconds to try again.
 """
 
 
@@ -36,6 +38,22 @@ class ServingNotFound(ServingError, LookupError):
 
 class ServingFailed(ServingError):
     code = "serving_failed"
+
+
+class Overloaded(ServingError):
+    """Too many items are queued for a serving; retry in ``retry_after`` seconds (an int, at least 1)::
+
+        raise Overloaded("sentiment is overloaded: ...; try again in 3 s", retry_after=3)
+    """
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self):  # pickles (e.g. across processes) with its retry_after
+        return type(self), (str(self), self.retry_after)
 
 
 class IntegrityError(ServingError):

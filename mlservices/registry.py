@@ -33,7 +33,7 @@ from .errors import InvalidInput, ServingNotFound
 from .serving import Serving
 
 _factories: dict[str, Callable[..., Serving]] = {}
-SERVING_OPTIONS = ("batch_size", "batch_timeout_ms", "parallel_batches")
+SERVING_OPTIONS = ("batch_size", "batch_timeout_ms", "parallel_batches", "max_queued")
 
 
 def register(name: str):
@@ -79,7 +79,7 @@ def options(name: str) -> dict[str, object]:
 
 
 def build(name: str, **opts) -> Serving:
-    """Build serving ``name``; ``batch_size``/``batch_timeout_ms`` override its own."""
+    """Build serving ``name``; the ``SERVING_OPTIONS`` given (``batch_size``, ``max_queued``, ...) override its own."""
     make = factory(name)
     known = options(name)
     serving_level = {k: opts.pop(k) for k in SERVING_OPTIONS if k in opts}

@@ -7,7 +7,7 @@ the web process in in-process mode and the Celery worker in distributed mode:
 only the transport in front of it differs.
 
 - ``run(name, input)``: inline, a batch of one, in the calling thread.
-- ``stream(name, input)``: through the serving's batcher; yields a
+- ``stream(name, input, timeout, owner)``: through the serving's batcher; yields a
   ``Progress`` per finished item of a fanned-out input, in input order, then
   the ``Final`` result with the version of the weights (``mlservices.events``).
 - ``batched_run(name, input)``: the final result of ``stream``; blocks.
@@ -15,9 +15,11 @@ only the transport in front of it differs.
   code; the event loop is never blocked by loading, preprocessing or waiting.
 
 All items of one input are submitted at once, so they share batches with each
-other and with other requests. If one item fails, the input fails with that
-error and its other items still queued are dropped; other inputs in the same
-batches are unaffected.
+other and with other requests, or none is (``Overloaded`` when the serving's
+``max_queued`` would be passed). ``owner`` (a session, a user; default
+``None``) is who the batcher shares batches fairly between, round-robin. If
+one item fails, the input fails with that error and its other items still
+queued are dropped; other inputs in the same batches are unaffected.
 
 ``mlservices.run`` & co. use a module-level default runtime that
 ``configure(config)`` sets up.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -85,6 +87,7 @@ class Runtime:
                     max_wait_ms=serving.batch_timeout_ms,
                     name=name,
                     parallel=serving.parallel_batches,
+                    max_queued=serving.max_queued,
                 )
                 self._loaded[name] = loaded
         return self._loaded[name]
@@ -103,29 +106,22 @@ class Runtime:
     def run(self, name: str, input: Any) -> Any:
         return self.serving(name).run(input)
 
-    def _submit(self, name: str, items) -> list[Future]:
-        batcher = self._batchers[name]
-        futures = []
-        try:
-            for prepared in items:
-                futures.append(batcher.submit(prepared.item, prepared.key))
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        return futures
+    def _submit(self, name: str, items, owner) -> list[Future]:
+        return self._batchers[name].submit_many([(p.item, p.key) for p in items], owner)
 
-    def stream(self, name: str, input: Any, timeout: float | None = None) -> Iterator[Event]:
+    def stream(
+        self, name: str, input: Any, timeout: float | None = None, owner: Hashable = None
+    ) -> Iterator[Event]:
         """Progress events, then the final result (see the module docstring).
 
         ``timeout``: seconds to wait for each item once the previous one is done
         (a stream that makes progress is not stuck); past it the items still
         queued are dropped (they never reach the model) and ``TimeoutError``
-        is raised.
+        is raised. ``owner``: whose items these are, for fair batching.
         """
         loaded = self.serving(name)
         items, fanned = loaded.prepare(input)
-        futures = self._submit(name, items)
+        futures = self._submit(name, items, owner)
         try:
             results = []
             for i, (prepared, future) in enumerate(zip(items, futures)):
@@ -137,10 +133,12 @@ class Runtime:
             for future in futures:  # after a failure or a timeout: drop what still waits
                 future.cancel()
 
-    async def astream(self, name: str, input: Any, timeout: float | None = None) -> AsyncIterator[Event]:
+    async def astream(
+        self, name: str, input: Any, timeout: float | None = None, owner: Hashable = None
+    ) -> AsyncIterator[Event]:
         loaded = await asyncio.to_thread(self.serving, name)
         items, fanned = await asyncio.to_thread(loaded.prepare, input)
-        futures = self._submit(name, items)
+        futures = self._submit(name, items, owner)
         try:
             results = []
             for i, (prepared, future) in enumerate(zip(items, futures)):
@@ -153,15 +151,17 @@ class Runtime:
             for future in futures:
                 future.cancel()
 
-    def batched_run(self, name: str, input: Any, timeout: float | None = None) -> Any:
-        """The final result of ``stream(name, input, timeout)``."""
-        for event in self.stream(name, input, timeout):
+    def batched_run(self, name: str, input: Any, timeout: float | None = None, owner: Hashable = None) -> Any:
+        """The final result of ``stream(name, input, timeout, owner)``."""
+        for event in self.stream(name, input, timeout, owner):
             if isinstance(event, Final):
                 return event.result
         raise AssertionError("a stream always ends with its Final event")
 
-    async def abatched_run(self, name: str, input: Any, timeout: float | None = None) -> Any:
-        async for event in self.astream(name, input, timeout):
+    async def abatched_run(
+        self, name: str, input: Any, timeout: float | None = None, owner: Hashable = None
+    ) -> Any:
+        async for event in self.astream(name, input, timeout, owner):
             if isinstance(event, Final):
                 return event.result
         raise AssertionError("a stream always ends with its Final event")

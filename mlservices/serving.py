@@ -43,7 +43,9 @@ Options (fields) and their defaults: ``spec=InputSpec()`` (what the serving
 accepts, ``mlservices.spec``), ``batch_size=8`` (most items in one inference
 call), ``batch_timeout_ms=5.0`` (how long the first item of a batch waits for
 company), ``parallel_batches=1`` (how many batches run inference at once,
-each on its own thread), ``warmup=()`` (inputs run once by ``setup``),
+each on its own thread), ``max_queued=1000`` (most items waiting for a batch
+across all callers; past it a call raises ``Overloaded`` with a
+``retry_after``), ``warmup=()`` (inputs run once by ``setup``),
 ``description=""``, ``validate=None``: a pure function of the input (already
 normalised by the spec), with no model, that returns it normalised or raises
 ``InvalidInput``; front ends call ``serving.check(input)`` before they
@@ -84,6 +86,7 @@ class Serving:
     batch_size: int = 8
     batch_timeout_ms: float = 5.0
     parallel_batches: int = 1
+    max_queued: int = 1000
     warmup: tuple = ()
     description: str = ""
     validate: Callable[[Any], Any] | None = None
@@ -97,6 +100,10 @@ class Serving:
             raise InvalidInput(
                 f"serving {self.name!r}: parallel_batches={self.parallel_batches!r}; use an integer of at least 1"
             )
+        if not isinstance(self.max_queued, int) or self.max_queued < 1:
+            raise InvalidInput(
+                f"serving {self.name!r}: max_queued={self.max_queued!r}; use an integer of at least 1"
+            )
         if not isinstance(self.batch_timeout_ms, (int, float)) or self.batch_timeout_ms < 0:
             raise InvalidInput(
                 f"serving {self.name!r}: batch_timeout_ms={self.batch_timeout_ms!r}; use 0 or more"
@@ -106,8 +113,8 @@ class Serving:
 
     def with_options(self, **options) -> Serving:
         """A copy with serving-level options (``batch_size``, ``batch_timeout_ms``,
-        ``parallel_batches``) changed."""
-        allowed = {"batch_size", "batch_timeout_ms", "parallel_batches"}
+        ``parallel_batches``, ``max_queued``) changed."""
+        allowed = {"batch_size", "batch_timeout_ms", "parallel_batches", "max_queued"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise InvalidInput(

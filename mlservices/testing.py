@@ -53,13 +53,19 @@ class Turnstile:
 
     def set(self) -> None:
         self._open.set()
-        self._permits.release(1_000_000)
+        self._permits.release()  # wakes a batch that waits now; later ones see the gate open
 
     def is_set(self) -> bool:
         return self._open.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._permits.acquire(timeout=timeout)
+        if self._open.is_set():
+            return True
+        if not self._permits.acquire(timeout=timeout):
+            return False
+        if self._open.is_set():
+            self._permits.release()  # pass the wake-up on to the next waiter
+        return True
 
 
 class Toy:

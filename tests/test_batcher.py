@@ -13,8 +13,10 @@ from functools import partial
 import pytest
 
 import mlservices
-from mlservices import Batcher, InvalidInput, Runtime, ServingFailed
-from mlservices.testing import Toy
+from mlservices import Batcher, BatchRecord, InvalidInput, Runtime, ServingFailed
+from mlservices.batcher import retry_after
+from mlservices.errors import Overloaded
+from mlservices.testing import Toy, Turnstile, Windows
 
 WAIT = 10  # seconds; only ever reached when a test is failing
 
@@ -241,3 +243,272 @@ def test_parallel_batches_is_a_serving_option():
         runtime.close()
     finally:
         mlservices.registry.unregister("toy-parallel")
+
+
+# --- fairness across owners and the bound on what waits ---
+
+
+def turnstile_batcher(batch_size: int, **options) -> tuple[Toy, Turnstile, Batcher]:
+    """A batcher busy on 'blocker' behind a closed turnstile: ``release(n)`` lets n batches through.
+
+    Everything a test queues is queued before it releases, so each batch's
+    contents are fixed however short the wait (1 ms) for company is."""
+    toy = Toy(open_gate=False)
+    toy.gate = turnstile = Turnstile()
+    batcher = Batcher(
+        partial(toy.inference, toy), max_batch_size=batch_size, max_wait_ms=1, name="toy", **options
+    )
+    batcher.submit("blocker")
+    assert toy.started.get(timeout=WAIT) == ["blocker"]
+    return toy, turnstile, batcher
+
+
+def test_owner_a_800_then_owner_b_1_takes_b_in_the_next_batch():
+    toy, turnstile, batcher = turnstile_batcher(batch_size=8)
+    a = [batcher.submit(i, owner="a") for i in range(800)]
+    b = batcher.submit(1000, owner="b")
+    turnstile.release(2)  # the blocker, then exactly one more batch
+    assert toy.started.get(timeout=WAIT) == [0, 1000, 1, 2, 3, 4, 5, 6]  # b's turn comes second
+    assert b.result(WAIT) == 2000
+    assert [f.result(WAIT) for f in a[:7]] == [0, 2, 4, 6, 8, 10, 12]
+    assert toy.started.get(timeout=WAIT) == list(range(7, 15))  # held at the turnstile
+    assert not a[7].done() and batcher.pending() == 785
+    turnstile.release(100)  # the held batch and 99 more: 785 = 98 x 8 + 1
+    assert a[-1].result(WAIT) == 1598
+    assert sizes(batcher) == [1] + [8] * 100 + [1]  # the blocker, then 801 items
+    batcher.close()
+
+
+def test_round_robin_3_owners_fill_a_batch_of_6_two_each():
+    toy, turnstile, batcher = turnstile_batcher(batch_size=6)
+    for owner in "abc":
+        for i in range(4):
+            batcher.submit(f"{owner}{i}", owner=owner)
+    turnstile.release(3)
+    assert toy.started.get(timeout=WAIT) == ["a0", "b0", "c0", "a1", "b1", "c1"]
+    assert toy.started.get(timeout=WAIT) == ["a2", "b2", "c2", "a3", "b3", "c3"]
+    batcher.close()
+
+
+def test_the_turn_order_carries_over_3_owners_in_batches_of_4():
+    # a, b, c, a | b, c, a, b | c: nobody gets the odd place twice in a row
+    toy, turnstile, batcher = turnstile_batcher(batch_size=4)
+    for owner in "abc":
+        for i in range(3):
+            batcher.submit(f"{owner}{i}", owner=owner)
+    turnstile.release(4)
+    assert toy.started.get(timeout=WAIT) == ["a0", "b0", "c0", "a1"]
+    assert toy.started.get(timeout=WAIT) == ["b1", "c1", "a2", "b2"]
+    assert toy.started.get(timeout=WAIT) == ["c2"]
+    batcher.close()
+
+
+def test_owner_none_is_one_owner_like_any_other_2_plus_2_in_a_batch_of_4():
+    toy, turnstile, batcher = turnstile_batcher(batch_size=4)
+    for i in range(3):
+        batcher.submit(i)  # owner None
+    for i in range(3):
+        batcher.submit(10 + i, owner="a")
+    turnstile.release(3)
+    assert toy.started.get(timeout=WAIT) == [0, 10, 1, 11]
+    assert toy.started.get(timeout=WAIT) == [2, 12]
+    batcher.close()
+
+
+def test_owners_never_mix_keys_2_owners_2_keys_make_2_batches():
+    toy, turnstile, batcher = turnstile_batcher(batch_size=8)
+    for owner in "ab":
+        batcher.submit(f"{owner}16", key=16, owner=owner)
+        batcher.submit(f"{owner}32", key=32, owner=owner)
+    turnstile.release(3)  # the blocker and one batch per key
+    batches = [toy.started.get(timeout=WAIT) for _ in range(2)]
+    assert sorted(batches) == [["a16", "b16"], ["a32", "b32"]]
+    batcher.close()
+
+
+def test_3_queued_1_cancelled_is_a_batch_of_2():
+    toy, turnstile, batcher = turnstile_batcher(batch_size=3)
+    futures = [batcher.submit(i, owner="a") for i in (1, 2, 3)]
+    assert futures[1].cancel()
+    turnstile.release(2)
+    assert [futures[0].result(WAIT), futures[2].result(WAIT)] == [2, 6]
+    assert toy.started.get(timeout=WAIT) == [1, 3]
+    assert sizes(batcher) == [1, 2]
+    batcher.close()
+
+
+def test_max_queued_4_refuses_the_5th_with_retry_after():
+    toy, turnstile, batcher = turnstile_batcher(batch_size=8, max_queued=4)
+    queued = [batcher.submit(i, owner="a") for i in range(4)]  # the blocker is in inference, not queued
+    with pytest.raises(Overloaded) as refused:
+        batcher.submit(4, owner="b")
+    assert refused.value.code == "overloaded"
+    assert refused.value.retry_after == 1  # no batch has finished yet: nothing to learn the speed from
+    assert str(refused.value) == (
+        "toy is overloaded: 4 items are queued, max_queued=4, no room for 1 more item; try again in 1 s"
+    )
+    assert batcher.pending() == 4
+    turnstile.release(3)  # the blocker, 0..3, then 4
+    assert [f.result(WAIT) for f in queued] == [0, 2, 4, 6]
+    assert batcher.submit(4, owner="b").result(WAIT) == 8  # room again
+    batcher.close()
+
+
+def test_max_queued_2_with_1_cancelled_takes_1_more():
+    toy, turnstile, batcher = turnstile_batcher(batch_size=8, max_queued=2)
+    first, second = batcher.submit(1), batcher.submit(2)
+    assert second.cancel()
+    third = batcher.submit(3)  # the cancelled item gave its place back
+    with pytest.raises(Overloaded):
+        batcher.submit(4)
+    turnstile.release(2)  # the blocker, then 1 and 3
+    assert (first.result(WAIT), third.result(WAIT)) == (2, 6)
+    batcher.close()
+
+
+def test_submit_many_3_into_2_free_places_queues_none():
+    toy, turnstile, batcher = turnstile_batcher(batch_size=8, max_queued=4)
+    batcher.submit_many([(1, None), (2, None)], owner="a")
+    with pytest.raises(Overloaded, match="no room for 3 more items .one input, all or none.; try again in 1 s"):
+        batcher.submit_many([(3, None), (4, None), (5, None)], owner="b")
+    assert batcher.pending() == 2
+    assert len(batcher.submit_many([(3, None), (4, None)], owner="b")) == 2
+    turnstile.release(2)  # the blocker, then 1, 2, 3, 4
+    batcher.close()
+
+
+def test_an_input_of_5_items_never_fits_max_queued_4_and_is_invalid():
+    batcher = Batcher(lambda xs: xs, max_batch_size=8, max_wait_ms=1, name="toy", max_queued=4)
+    with pytest.raises(InvalidInput, match="makes 5 batch items and at most max_queued=4 can wait"):
+        batcher.submit_many([(i, None) for i in range(5)])
+    assert batcher.pending() == 0
+    batcher.close()
+
+
+def test_retry_after_25_items_at_100_ms_each_is_3_s_on_1_thread_and_2_s_on_2():
+    recent = [BatchRecord(size=4, key=None, wait_ms=0, inference_ms=400, failed=False)] * 2
+    assert retry_after(25, recent) == 3  # 2.5 s, rounded up
+    assert retry_after(25, recent, parallel=2) == 2  # 1.25 s, rounded up
+    assert retry_after(1, recent) == 1  # 0.1 s: never less than 1
+    assert retry_after(25, []) == 1  # nothing measured yet
+
+
+def test_retry_after_is_worked_out_from_the_recorded_batches():
+    toy, turnstile, batcher = turnstile_batcher(batch_size=1, max_queued=1)
+    turnstile.release(1)
+    batcher.submit(1)
+    assert toy.started.get(timeout=WAIT) == [1]  # held in inference; the blocker's batch is recorded
+    batcher.submit(2)
+    with pytest.raises(Overloaded) as refused:
+        batcher.submit(3)
+    assert len(batcher.records()) == 1
+    assert refused.value.retry_after == retry_after(1, batcher.records())
+    assert str(refused.value).endswith(f"try again in {refused.value.retry_after} s")
+    turnstile.release(2)  # 1 and 2, a batch each
+    batcher.close()
+
+
+@pytest.fixture
+def windows_runtime():
+    """``make(max_queued)``: a runtime of the ``Windows`` toy (batches of 4, gate closed)."""
+    toy = Windows(open_gate=False)
+    runtimes = []
+
+    def make(max_queued: int) -> Runtime:
+        mlservices.register("windows")(lambda: toy.serving(batch_size=4, batch_timeout_ms=1, max_queued=max_queued))
+        runtimes.append(Runtime({"windows": {}}, device="cpu"))
+        runtimes[-1].serving("windows")
+        return runtimes[-1]
+
+    yield toy, make
+    toy.gate.set()
+    for runtime in runtimes:
+        runtime.close()
+    mlservices.registry.unregister("windows")
+
+
+def run_windows(runtime: Runtime, inputs: list[tuple[dict, str | None]]) -> tuple[list[threading.Thread], list]:
+    """``batched_run`` of each (input, owner) in its own thread; outcomes filled in as they finish."""
+    outcomes: list = [None] * len(inputs)
+
+    def call(i):
+        input, owner = inputs[i]
+        try:
+            outcomes[i] = runtime.batched_run("windows", input, owner=owner)
+        except Exception as exc:  # recorded, then checked
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    return threads, outcomes
+
+
+def test_a_fanned_out_input_that_would_not_fit_is_refused_whole(windows_runtime):
+    from tests.live_server import wait_until
+
+    toy, make = windows_runtime
+    runtime = make(max_queued=4)
+    blocker, _ = run_windows(runtime, [({"windows": 1, "value": 100}, None)])
+    assert toy.started.get(timeout=WAIT) == [100]
+    queued, outcomes = run_windows(runtime, [({"windows": 2, "value": 0}, "a")])
+    wait_until(lambda: runtime.batcher("windows").pending() == 2, timeout=WAIT, what="2 queued windows")
+    with pytest.raises(Overloaded, match="2 items are queued, max_queued=4, no room for 3 more items"):
+        runtime.batched_run("windows", {"windows": 3, "value": 10}, owner="b")
+    assert runtime.batcher("windows").pending() == 2  # none of the 3 was queued
+    toy.gate.set()
+    for t in [*blocker, *queued]:
+        t.join(WAIT)
+    assert outcomes == [{"outputs": [0, 2], "total": 2}]
+    assert runtime.batched_run("windows", {"windows": 3, "value": 10}, owner="b") == {
+        "outputs": [20, 22, 24],
+        "total": 66,
+    }
+
+
+def test_runtime_owner_a_5_windows_and_b_1_make_batches_a_b_a_a_then_a_a(windows_runtime):
+    from tests.live_server import wait_until
+
+    toy, make = windows_runtime
+    runtime = make(max_queued=10)
+    blocker, _ = run_windows(runtime, [({"windows": 1, "value": 100}, None)])
+    assert toy.started.get(timeout=WAIT) == [100]
+    a, a_out = run_windows(runtime, [({"windows": 5, "value": 0}, "a")])
+    wait_until(lambda: runtime.batcher("windows").pending() == 5, timeout=WAIT, what="a's 5 windows")
+    b, b_out = run_windows(runtime, [({"windows": 1, "value": 50}, "b")])
+    wait_until(lambda: runtime.batcher("windows").pending() == 6, timeout=WAIT, what="b's window")
+    toy.gate.set()
+    for t in [*blocker, *a, *b]:
+        t.join(WAIT)
+    assert toy.started.get(timeout=WAIT) == [0, 50, 1, 2]
+    assert toy.started.get(timeout=WAIT) == [3, 4]
+    assert b_out == [{"outputs": [100], "total": 100}]
+    assert a_out == [{"outputs": [0, 2, 4, 6, 8], "total": 20}]
+
+
+async def test_abatched_run_refuses_5_windows_over_max_queued_4_and_runs_4(windows_runtime):
+    toy, make = windows_runtime
+    runtime = make(max_queued=4)
+    with pytest.raises(InvalidInput, match="makes 5 batch items and at most max_queued=4 can wait"):
+        await runtime.abatched_run("windows", {"windows": 5, "value": 0}, owner="a")
+    assert runtime.batcher("windows").pending() == 0
+    toy.gate.set()
+    assert await runtime.abatched_run("windows", {"windows": 4, "value": 0}, owner="a") == {
+        "outputs": [0, 2, 4, 6],
+        "total": 12,
+    }
+    assert runtime.batcher("windows").records()[-1].size == 4
+
+
+def test_max_queued_is_a_serving_option():
+    mlservices.register("toy-bounded")(lambda: Toy().serving("toy-bounded"))
+    try:
+        assert mlservices.build("toy-bounded").max_queued == 1000
+        assert mlservices.build("toy-bounded", max_queued=2).max_queued == 2
+        with pytest.raises(InvalidInput, match="max_queued=0; use an integer of at least 1"):
+            mlservices.build("toy-bounded", max_queued=0)
+        runtime = Runtime({"toy-bounded": {"max_queued": 2}})
+        assert runtime.batcher("toy-bounded").max_queued == 2
+        runtime.close()
+    finally:
+        mlservices.registry.unregister("toy-bounded")
