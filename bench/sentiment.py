@@ -13,7 +13,8 @@ of about 128 tokens):
     batching is switched off in production (MLSERVICES_CONFIG);
 (d) ``worker``: a real ``celery -A webapp worker -P threads`` subprocess,
     driven by N closed-loop clients sending the task ``jobs.predict`` to the
-    ``sentiment`` queue and waiting on the Redis result backend.
+    ``sentiment`` queue and waiting for its answer on a reply channel of the
+    Redis channel layer, as the site's websocket consumer does.
 
 for N in ``--concurrency`` (1, 8, 32). It prints a table with the ratios
 served/raw and batched/unbatched and writes bench/results/<name>.json: one
@@ -32,8 +33,11 @@ after ``--warmup`` seconds), so a run takes a few minutes whatever the machine.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -58,6 +62,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 SERVING = "sentiment"
 QUEUE = "sentiment"
 TASK = "jobs.predict"
+ANSWER_TIMEOUT = 120  # seconds a client waits for one answer of the running worker
 
 RECORD_KEYS = (
     "input",
@@ -426,6 +431,7 @@ class Worker:
         ]  # fmt: skip
         self.process: subprocess.Popen | None = None
         self.app = None
+        self.replies: Replies | None = None
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
@@ -447,39 +453,55 @@ class Worker:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.args, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         # A client app of its own: the bench needs no Django settings to send a task by name.
-        self.app = Celery("bench-client", broker=self.redis_url, backend=self.redis_url)
-        self.app.conf.update(
-            task_serializer="json", accept_content=["json"], result_serializer="json",
-            broker_connection_retry_on_startup=True,
-        )  # fmt: skip
+        # No result backend: jobs.predict stores no result; its answer comes on the reply channel.
+        self.app = Celery("bench-client", broker=self.redis_url)
+        self.app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
+        self.replies = Replies(self.redis_url)
         self.wait_ready(started + timeout)
         return time.monotonic() - started
 
     def wait_ready(self, deadline: float) -> None:
-        """Send one warm-up task and poll for its answer until ``deadline``."""
-        import celery.exceptions
+        """Send one warm-up task and wait for its answer until ``deadline``."""
+        request_id, answer = self.send("The worker is warming up.")
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise BenchError(f"the worker exited with {self.process.returncode}:\n{self.log_tail()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BenchError(f"the worker did not answer its warm-up task in time:\n{self.log_tail()}")
+                try:
+                    message = answer.result(timeout=min(1.0, left))
+                except concurrent.futures.TimeoutError:
+                    continue
+                check_answer(message)
+                return
+        finally:
+            self.replies.forget(request_id)
 
-        result = self.send("The worker is warming up.")
-        while True:
-            if self.process.poll() is not None:
-                raise BenchError(f"the worker exited with {self.process.returncode}:\n{self.log_tail()}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"the worker did not answer its warm-up task in time:\n{self.log_tail()}")
-            try:
-                message = result.get(timeout=min(1.0, left))
-            except celery.exceptions.TimeoutError:
-                continue
-            check_answer(message)
-            return
-
-    def send(self, text: str):
-        return self.app.send_task(TASK, args=(SERVING, text), queue=QUEUE)
+    def send(self, text: str) -> tuple[int, concurrent.futures.Future]:
+        """Send ``jobs.predict`` for ``text``, as the site does; (its request id, the future of its answer)."""
+        request_id, answer = self.replies.expect()
+        try:
+            self.app.send_task(TASK, args=(SERVING, text, self.replies.channel, request_id), queue=QUEUE)
+        except BaseException:
+            self.replies.forget(request_id)
+            raise
+        return request_id, answer
 
     def predict(self, text: str) -> dict:
-        return check_answer(self.send(text).get(timeout=120))
+        request_id, answer = self.send(text)
+        try:
+            return check_answer(answer.result(timeout=ANSWER_TIMEOUT))
+        except concurrent.futures.TimeoutError:
+            message = f"no answer to request {request_id} within {ANSWER_TIMEOUT} s"
+            raise BenchError(f"{message}:\n{self.log_tail()}") from None
+        finally:
+            self.replies.forget(request_id)
 
     def stop(self) -> None:
+        if self.replies is not None:
+            self.replies.close()
         if self.app is not None:
             self.app.close()
         if self.process is None or self.process.poll() is not None:
@@ -492,8 +514,81 @@ class Worker:
             self.process.wait()
 
 
-def check_answer(message) -> dict:
-    if not isinstance(message, dict) or "result" not in message:
+class Replies:
+    """One reply channel on the worker's channel layer (``RedisChannelLayer`` on
+    the same Redis, default prefix), like a websocket of the site: an asyncio
+    loop in a thread of its own receives every answer and resolves the future
+    of its request id, so the client threads simply block on their future."""
+
+    def __init__(self, redis_url: str):
+        from channels_redis.core import RedisChannelLayer
+
+        # The worker's layer (webapp/settings.py: same Redis, default prefix), but with a socket
+        # timeout longer than the layer's blocking pop: redis-py 8 defaults to 5 s, as long as
+        # that pop, so an idle receive() fails with TimeoutError (django/channels_redis#422).
+        host = {"address": redis_url, "socket_timeout": RedisChannelLayer.brpop_timeout + 10}
+        self.layer = RedisChannelLayer(hosts=[host])
+        self.lock = threading.Lock()
+        self.pending: dict[int, concurrent.futures.Future] = {}
+        self.ids = itertools.count()
+        self.error: BaseException | None = None
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="replies", daemon=True)
+        self.thread.start()
+        self.channel, self.receiving = asyncio.run_coroutine_threadsafe(self._open(), self.loop).result()
+
+    async def _open(self) -> tuple[str, asyncio.Task]:
+        channel = await self.layer.new_channel()
+        return channel, asyncio.create_task(self._receive(channel))
+
+    async def _receive(self, channel: str) -> None:
+        try:
+            while True:
+                message = await self.layer.receive(channel)
+                with self.lock:
+                    answer = self.pending.pop(message.get("request_id"), None)
+                if answer is not None:  # else its client has given up on it
+                    answer.set_result(message)
+        except Exception as exc:  # Redis is away: fail every waiting client now, not after a timeout
+            with self.lock:
+                self.error = exc
+                waiting, self.pending = list(self.pending.values()), {}
+            for answer in waiting:
+                answer.set_exception(BenchError(f"receiving answers on {channel} failed: {exc!r}"))
+
+    def expect(self) -> tuple[int, concurrent.futures.Future]:
+        """A new request id and the future its answer will resolve."""
+        answer: concurrent.futures.Future = concurrent.futures.Future()
+        with self.lock:
+            if self.error is not None:
+                raise BenchError(f"receiving answers on {self.channel} failed: {self.error!r}")
+            request_id = next(self.ids)
+            self.pending[request_id] = answer
+        return request_id, answer
+
+    def forget(self, request_id: int) -> None:
+        with self.lock:
+            self.pending.pop(request_id, None)
+
+    def close(self) -> None:
+        async def closing() -> None:
+            self.receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.receiving
+            await self.layer.close_pools()
+
+        try:
+            asyncio.run_coroutine_threadsafe(closing(), self.loop).result(timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=30)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
+def check_answer(message: dict) -> dict:
+    """The result of a ``prediction`` event; anything else (``prediction.error``) fails the bench."""
+    if message.get("type") != "prediction" or "result" not in message:
         raise BenchError(f"the worker answered {message!r}")
     return message["result"]
 
