@@ -1,8 +1,13 @@
-"""The home page in a real Chromium, against a real daphne server.
+"""The servings' pages in a real Chromium, against a real daphne server.
 
 Playwright drives Debian's /usr/bin/chromium (``playwright install`` is never
 run); without it these tests skip, and under CI=true they fail. Every wait is
 Playwright's own ``expect``/``wait_for`` with a deadline: no sleeps.
+
+The sentiment page (``/``) runs on a tiny random model; the generic pages run
+on the toy servings of ``tests/worker_servings`` (``windows`` streams its
+items, held by a file gate the test opens one batch at a time; ``files``
+takes an image and returns a file).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import contextlib
 import dataclasses
 import json
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -38,6 +45,7 @@ LABEL = re.compile(r"^(NEGATIVE|POSITIVE)$")
 class Site:
     url: str
     log: Path
+    gate: Path | None = None  # the windows toy's file gate (tests/worker_servings/toy.py)
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +62,15 @@ def playwright_browser():
 
 
 @contextlib.contextmanager
-def _site(tmp_path: Path, sentiment_model: Path) -> Site:
+def _site(tmp_path: Path, sentiment_model: Path, **extra_env: str) -> Site:
     log = tmp_path / "daphne.log"
     with live_database(tmp_path) as database_url:
         env = base_env(
             DATABASE_URL=database_url,
             SENTIMENT_MODEL=str(sentiment_model),
             MLSERVICES_MAX_TEXT_CHARS=str(MAX_TEXT_CHARS),
+            DJANGO_MEDIA_ROOT=str(tmp_path / "media"),
+            **extra_env,
         )
         with asgi_server(env, log) as url:
             yield Site(url, log)
@@ -79,18 +89,50 @@ def site_without_model(playwright_browser, tmp_path_factory) -> Site:
         yield s
 
 
+@pytest.fixture(scope="module")
+def toy_site(playwright_browser, tmp_path_factory, tiny_sentiment_model) -> Site:
+    """The site with the toy servings; ``windows`` passes one item per batch, through its gate."""
+    tmp_path = tmp_path_factory.mktemp("browser-toy-site")
+    gate = tmp_path / "windows-gate"
+    config = {"windows": {"gate": str(gate), "batch_size": 1, "batch_timeout_ms": 0}}
+    with _site(
+        tmp_path, tiny_sentiment_model,
+        MLSERVICES_EXTRA_SERVINGS="tests.worker_servings", MLSERVICES_CONFIG=json.dumps(config),
+    ) as s:
+        yield dataclasses.replace(s, gate=gate)
+
+
+@dataclasses.dataclass
+class Console:
+    """What the page logged as errors; a test names the ones it provokes on purpose."""
+
+    errors: list[str] = dataclasses.field(default_factory=list)
+    expected: list[re.Pattern] = dataclasses.field(default_factory=list)
+
+    def expect_error(self, pattern: str) -> None:
+        self.expected.append(re.compile(pattern))
+
+    def unexpected(self) -> list[str]:
+        return [e for e in self.errors if not any(p.search(e) for p in self.expected)]
+
+
 @pytest.fixture
-def page(playwright_browser, request):
+def console() -> Console:
+    return Console()
+
+
+@pytest.fixture
+def page(playwright_browser, console):
     """A fresh browser context (so a fresh session) whose script errors fail the test."""
     context = playwright_browser.new_context(viewport={"width": 1100, "height": 900}, locale="en-US")
     page = context.new_page()
     page.set_default_timeout(15_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: console.errors.append(f"page error: {exc}"))
+    page.on("console", lambda msg: msg.type == "error" and console.errors.append(f"console.{msg.type}: {msg.text}"))
     yield page
     context.close()
-    assert not errors, "the page reported errors:\n" + "\n".join(errors)
+    unexpected = console.unexpected()
+    assert not unexpected, "the page reported errors:\n" + "\n".join(unexpected)
 
 
 @contextlib.contextmanager
@@ -103,10 +145,10 @@ def server_log_on_failure(site: Site):
         raise AssertionError(f"{exc}\n--- daphne log (tail) ---\n{tail}") from exc
 
 
-def open_home(page, site: Site):
+def open_page(page, site: Site, path: str = "/"):
     from playwright.sync_api import expect
 
-    page.goto(site.url + "/")
+    page.goto(site.url + path)
     expect(page.locator("#connection")).to_have_attribute("data-state", "open")
 
 
@@ -114,7 +156,7 @@ def test_typing_shows_a_label_score_and_model_version(page, site, tiny_sentiment
     from playwright.sync_api import expect
 
     with server_log_on_failure(site):
-        open_home(page, site)
+        open_page(page, site)
         text = page.locator("#text")
         expect(text).to_have_attribute("maxlength", str(MAX_TEXT_CHARS))
         expect(page.get_by_label("Text to analyse")).to_be_visible()
@@ -167,7 +209,7 @@ def test_saved_job_finishes_live_and_survives_a_reload(page, site):
 
     sentence = "That film was a great story, not a bad plot."
     with server_log_on_failure(site):
-        open_home(page, site)
+        open_page(page, site)
         expect(page.locator("#jobs-empty")).to_be_visible()
         page.locator("#text").fill(sentence)
         page.locator("#save-job").click()
@@ -211,7 +253,7 @@ def test_missing_model_shows_the_install_hint_not_a_traceback(page, site_without
 
     site = site_without_model
     with server_log_on_failure(site):
-        open_home(page, site)
+        open_page(page, site)
         page.locator("#text").fill("I love it")
 
         error = page.locator("#error")
@@ -293,7 +335,7 @@ def test_stale_answers_late_job_states_and_reconnects_with_a_scripted_socket(pag
 
     page.route_web_socket(re.compile(r"/ws/jobs$"), on_connect)
     with server_log_on_failure(site):
-        open_home(page, site)
+        open_page(page, site)
         result = page.locator("#result")
         page.locator("#text").fill("first")
         expect(result).to_have_attribute("data-state", "analysing")
@@ -333,3 +375,229 @@ def test_stale_answers_late_job_states_and_reconnects_with_a_scripted_socket(pag
         states = page.evaluate("window.connectionStates")
         assert "closed" in states and states[-1] == "open", states
         assert len(sockets) == 2
+
+
+# --- Every serving's page: navigation, forms from specs, files, streams ------------------
+
+
+def png_bytes(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A valid PNG of one colour, built here (no image library needed)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def open_gate(site: Site, batches: int | None) -> None:
+    """Let the windows toy's first ``batches`` batches through in all (None: all of them, for good).
+
+    The file is replaced, never rewritten in place: the server must not read it
+    half-written (an empty gate file means "open for good")."""
+    staged = site.gate.with_name(site.gate.name + ".new")
+    staged.write_text("" if batches is None else str(batches))
+    staged.replace(site.gate)
+
+
+def test_the_nav_lists_every_serving_and_a_generic_page_builds_its_form_from_the_spec(page, toy_site, console):
+    from playwright.sync_api import expect
+
+    site = toy_site
+    with server_log_on_failure(site):
+        open_page(page, site)
+        servings = [s["name"] for s in page.request.get(site.url + "/api/servings").json()["servings"]]
+        assert {"sentiment", "toy", "windows", "files"} <= set(servings)
+        links = page.locator("[data-testid=nav] [data-testid=nav-serving]")
+        expect(links).to_have_count(len(servings))
+        assert [links.nth(i).get_attribute("data-serving") for i in range(len(servings))] == servings
+        sentiment = page.locator("[data-testid=nav-serving][data-serving=sentiment]")
+        expect(sentiment).to_have_attribute("href", "/")
+        expect(sentiment).to_have_attribute("aria-current", "page")
+        expect(page.locator("[data-testid=nav] [aria-current]")).to_have_count(1)
+
+        # Another serving's page, reached through the nav: the same template, its own form.
+        page.locator("[data-testid=nav-serving][data-serving=windows]").click()
+        expect(page).to_have_url(site.url + "/s/windows/")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        expect(page.locator("h1")).to_have_text("Windows")
+        def nav_link(serving: str):
+            return page.locator(f"[data-testid=nav] [data-serving={serving}]")
+
+        expect(nav_link("windows")).to_have_attribute("aria-current", "page")
+        expect(nav_link("sentiment")).not_to_have_attribute("aria-current", "page")
+        expect(page.locator("#text")).to_have_count(0)  # no sentiment box here
+
+        # The options form comes from spec.options: integers with their ranges, defaults and help.
+        options = page.locator("[data-testid=options]")
+        windows = options.get_by_label("Windows")
+        expect(windows).to_have_attribute("type", "number")
+        expect(windows).to_have_attribute("min", "1")
+        expect(windows).to_have_attribute("max", "1000")
+        expect(windows).to_have_attribute("step", "1")
+        expect(windows).to_have_value("3")
+        expect(options.get_by_label("Fail at")).to_have_value("-1")
+        expect(options).to_contain_text("how many batch items the input fans out into")
+        expect(page.locator("[data-testid=json-input]")).to_be_visible()
+        expect(page.locator("[data-testid=jobs-empty]")).to_be_visible()
+
+        # Bad JSON is refused in place, before anything is sent.
+        page.locator("[data-testid=json-input]").fill("{not json")
+        page.locator("[data-testid=submit-job]").click()
+        expect(page.locator("[data-testid=json-error]")).to_contain_text("not valid JSON")
+        expect(page.locator("[data-testid=submit-status]")).to_have_text("Not submitted.")
+
+        # A file serving's page: a drop zone accepting its content types, a checkbox option.
+        page.goto(site.url + "/s/files/")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        expect(page.locator("[data-testid=file-input]")).to_have_attribute("accept", "image/gif,image/jpeg,image/png")
+        expect(page.locator("[data-testid=dropzone]")).to_contain_text("PNG, JPEG or GIF · up to 1 MB")
+        flip = page.locator("[data-testid=options]").get_by_label("Flip")
+        expect(flip).to_have_attribute("type", "checkbox")
+        expect(flip).not_to_be_checked()
+        expect(page.locator("[data-testid=submit-job]")).to_be_disabled()  # no file yet
+
+        # An unknown serving: a 404 page that still offers the nav.
+        console.expect_error(r"the server responded with a status of 404")
+        response = page.goto(site.url + "/s/no_such_serving/")
+        assert response.status == 404
+        expect(page.locator("[data-testid=not-found]")).to_contain_text("No serving named no_such_serving")
+        expect(page.locator("[data-testid=nav-serving]")).to_have_count(len(servings))
+
+
+def test_an_image_is_previewed_uploaded_and_its_job_finishes_live_with_its_files(page, toy_site, console):
+    from playwright.sync_api import expect
+
+    site = toy_site
+    image = png_bytes(64, 48, (68, 83, 214))
+    with server_log_on_failure(site):
+        open_page(page, site, "/s/files/")
+        submit = page.locator("[data-testid=submit-job]")
+
+        # Too large for the spec's limit: refused at once, in place, nothing uploaded.
+        page.locator("[data-testid=file-input]").set_input_files(
+            {"name": "huge.png", "mimeType": "image/png", "buffer": image + b"\0" * 1_000_000}
+        )
+        expect(page.locator("[data-testid=upload-error]")).to_have_attribute("data-code", "too_large")
+        expect(page.locator("[data-testid=upload-error]")).to_contain_text("the limit is 1 MB")
+        expect(page.locator("[data-testid=preview]")).to_be_hidden()
+        expect(submit).to_be_disabled()
+
+        # A real PNG, dropped on the zone: an instant preview from the file itself, then upload and job.
+        page.locator("[data-testid=dropzone]").evaluate(
+            """(zone, bytes) => {
+                const data = new DataTransfer();
+                data.items.add(new File([new Uint8Array(bytes)], "dot.png", {type: "image/png"}));
+                zone.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+            }""",
+            list(image),
+        )
+        expect(page.locator("[data-testid=upload-error]")).to_be_hidden()
+        preview = page.locator("[data-testid=preview-image]")
+        expect(preview).to_be_visible()
+        assert preview.get_attribute("src").startswith("blob:")
+        page.wait_for_function("el => el.complete && el.naturalWidth === 64", arg=preview.element_handle())
+        expect(page.locator("[data-testid=preview-name]")).to_have_text("dot.png")
+        submit.click()
+
+        expect(page.locator("[data-testid=upload-progress-text]")).to_have_text(f"Uploaded · {len(image)} B PNG")
+        job = page.locator("#jobs > li").first
+        expect(job).to_have_attribute("data-status", "done", timeout=RESULT_TIMEOUT_MS)
+        expect(job.locator("[data-testid=job-status]")).to_have_text("done")
+        expect(job.locator("[data-testid=job-text]")).to_contain_text("dot.png")
+        expect(job.locator("[data-testid=job-result] [data-field=bytes]")).to_have_text(str(len(image)))
+        expect(job.locator("[data-testid=job-result] [data-field=doubled]")).to_have_text(str(2 * len(image)))
+        job_id = job.get_attribute("data-job-id")
+
+        # Its files, through the owner-checked URLs: the artifact, and the uploaded image as a thumbnail.
+        link = job.locator("[data-testid=job-file]")
+        expect(link).to_have_count(1)
+        expect(link).to_contain_text("copy.bin")
+        expect(link).to_have_attribute("href", f"/api/jobs/{job_id}/files/copy.bin")
+        assert page.request.get(site.url + link.get_attribute("href")).body() == image
+        thumb = job.locator("[data-testid=job-input-thumb]")
+        expect(thumb).to_have_attribute("src", f"/api/jobs/{job_id}/files/input")
+        page.wait_for_function("el => el.complete && el.naturalWidth === 64", arg=thumb.element_handle())
+
+        # An option reaches the serving: flip reverses the copy.
+        page.locator("[data-testid=options]").get_by_label("Flip").check()
+        submit.click()
+        expect(page.locator("#jobs > li")).to_have_count(2)
+        flipped = page.locator("#jobs > li").first
+        expect(flipped).to_have_attribute("data-status", "done", timeout=RESULT_TIMEOUT_MS)
+        flipped_link = flipped.locator("[data-testid=job-file]")
+        assert page.request.get(site.url + flipped_link.get_attribute("href")).body() == image[::-1]
+
+        # A text file named .png: the server sniffs it and says why, in place.
+        console.expect_error(r"Failed to load resource: the server responded with a status of 400")
+        page.locator("[data-testid=file-input]").set_input_files(
+            {"name": "notes.png", "mimeType": "image/png", "buffer": b"just some text, not an image\n"}
+        )
+        submit.click()
+        error = page.locator("[data-testid=upload-error]")
+        expect(error).to_be_visible()
+        expect(error).to_have_attribute("data-code", "invalid_input")
+        expect(error).to_contain_text("not a file type it can read")
+        expect(error).to_contain_text("png, jpeg, gif")
+        expect(page.locator("[data-testid=submit-status]")).to_have_text("Not submitted.")
+        expect(page.locator("#jobs > li")).to_have_count(2)
+
+        page.reload()
+        expect(page.locator("#jobs > li")).to_have_count(2)
+        expect(page.locator("#jobs > li").nth(1)).to_have_attribute("data-job-id", job_id)
+        expect(page.locator("#jobs > li").nth(1).locator("[data-testid=job-file]")).to_contain_text("copy.bin")
+
+
+def test_a_streaming_job_shows_its_progress_and_partials_live_and_after_a_reload(page, toy_site):
+    from playwright.sync_api import expect
+
+    site = toy_site
+    with server_log_on_failure(site):
+        open_gate(site, 0)  # the gate holds every item until the test lets it through
+        open_page(page, site, "/s/windows/")
+        options = page.locator("[data-testid=options]")
+        options.get_by_label("Windows").fill("4")
+        options.get_by_label("Value").fill("10")
+        page.locator("[data-testid=submit-job]").click()
+
+        job = page.locator("#jobs > li").first
+        expect(job).to_have_attribute("data-status", "running", timeout=RESULT_TIMEOUT_MS)
+        expect(job.locator("[data-testid=job-progress]")).to_have_count(0)  # nothing done yet
+        expect(job.locator(".elapsed")).to_contain_text("running for")
+
+        # One item at a time: the bar moves and each item's output appears.
+        open_gate(site, 1)
+        expect(job.locator("[data-testid=job-progress-text]")).to_have_text("1 of 4 · 25%")
+        assert job.locator("[data-testid=job-progress-bar]").evaluate("el => el.style.width") == "25%"
+        expect(job.locator("[data-testid=job-partial]")).to_have_text(['{"index":0,"output":20}'])
+        open_gate(site, 2)
+        expect(job.locator("[data-testid=job-progress-text]")).to_have_text("2 of 4 · 50%")
+        assert job.locator("[data-testid=job-progress-bar]").evaluate("el => el.style.width") == "50%"
+        expect(job.locator("[data-testid=job-partial]")).to_have_text(
+            ['{"index":0,"output":20}', '{"index":1,"output":22}']
+        )
+        expect(job).to_have_attribute("data-status", "running")
+
+        # A reload mid-way shows what was done so far, from the server.
+        job_id = job.get_attribute("data-job-id")
+        page.reload()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        job = page.locator("#jobs > li").first
+        expect(job).to_have_attribute("data-job-id", job_id)
+        expect(job).to_have_attribute("data-status", "running")
+        expect(job.locator("[data-testid=job-progress-text]")).to_have_text("2 of 4 · 50%")
+        expect(job.locator("[data-testid=job-partial]")).to_have_text(
+            ['{"index":0,"output":20}', '{"index":1,"output":22}']
+        )
+
+        # The rest arrives live; the final result replaces the partials.
+        open_gate(site, 3)
+        expect(job.locator("[data-testid=job-progress-text]")).to_have_text("3 of 4 · 75%")
+        open_gate(site, None)
+        expect(job).to_have_attribute("data-status", "done", timeout=RESULT_TIMEOUT_MS)
+        expect(job.locator("[data-testid=job-progress]")).to_have_count(0)
+        expect(job.locator("[data-testid=job-partials]")).to_have_count(0)
+        expect(job.locator("[data-testid=job-result] [data-field=outputs]")).to_have_text("[20,22,24,26]")
+        expect(job.locator("[data-testid=job-result] [data-field=total]")).to_have_text("92")
+        expect(job).to_contain_text("took")

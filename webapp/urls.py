@@ -5,6 +5,7 @@ from webapp.jobs import api, pages
 
 urlpatterns = [
     path("", pages.home, name="home"),
+    path("s/<str:serving>/", pages.serving_page, name="serving-page"),
     path("api/jobs", api.jobs, name="api-jobs"),
     path("api/jobs/<uuid:job_id>", api.job_detail, name="api-job"),
     path("api/jobs/<uuid:job_id>/files/<str:name>", api.job_file, name="api-job-file"),

@@ -81,6 +81,7 @@ class Job(Owned):
     upload = models.ForeignKey(Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
     progress = models.FloatField(default=0.0)
+    items = models.PositiveIntegerField(default=0)  # how many items a fanned-out input became (0: not known yet)
     partials = models.JSONField(default=list, blank=True)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
@@ -118,6 +119,7 @@ class Job(Owned):
                 "size": upload.size,
             },
             "progress": self.progress,
+            "items": self.items,
             "partials": self.partials,
             "result": self.result,
             "files": [f.as_json() for f in self.files.all()] if self.status == self.Status.DONE else [],

@@ -16,6 +16,7 @@ in both modes.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import mlservices
@@ -101,6 +102,6 @@ def summary(input, upload: Upload | None = None) -> str:
     elif isinstance(input, str):
         shown = input
     else:
-        shown = repr(input)
+        shown = json.dumps(input, ensure_ascii=False)
     shown = " ".join(shown.split())
     return shown if len(shown) <= 120 else shown[:119] + "…"
