@@ -9,8 +9,12 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 SHARED_SENTIMENT := $(wildcard ../shared/models/sentiment-minilm-sst2)
+SHARED_U2NETP := $(wildcard ../shared/models/u2netp/model.onnx)
+SHARED_WHISPER := $(wildcard ../shared/models/whisper-base)
 # Use the checkout's shared weights when present, unless told otherwise.
 export SENTIMENT_MODEL ?= $(SHARED_SENTIMENT)
+export BACKGROUND_REMOVAL_MODEL ?= $(SHARED_U2NETP)
+export TRANSCRIPTION_MODEL ?= $(SHARED_WHISPER)
 
 .PHONY: install run test stack worker bench migrate clean
 

@@ -1,4 +1,4 @@
-"""Where weights come from: a local folder, or a Hub id at a pinned commit.
+"""Where weights come from: a local folder, a Hub id at a pinned commit, or a URL.
 
 ``locate(ModelSource(...))`` returns a folder holding verified weights:
 
@@ -11,9 +11,16 @@
   declares for that commit) and the hash is written to a manifest that every
   later load checks again. Offline, or with ``MLSERVICES_OFFLINE=1``, a missing
   snapshot is a ``ModelNotInstalled`` error that says how to install it.
+- an ``https://`` (or ``http://``) URL of one weights file needs ``sha256``
+  pinned: the file is downloaded once into the store, checked against the pin
+  before it is kept, and checked again on every load (the same manifest).
+  Offline it is the same ``ModelNotInstalled`` error::
+
+      locate(ModelSource("https://example.org/u2netp.onnx", weights="u2netp.onnx", sha256="309c…"))
 
 The returned ``Located.version`` names the weights for people: ``id@commit``
-for Hub models, ``folder@sha256:<12 hex>`` for local folders.
+for Hub models, ``folder@sha256:<12 hex>`` for local folders,
+``file@sha256:<12 hex>`` for URLs.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from .errors import IntegrityError, InvalidInput, ModelNotInstalled
@@ -33,6 +41,8 @@ MANIFEST = "mlservices-manifest.json"
 SAFE_SUFFIXES = (".safetensors", ".onnx")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+MAX_DOWNLOAD_BYTES = 4 << 30  # no weights file of ours comes near; a runaway response stops here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +79,13 @@ def is_local(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or Path(ref).expanduser().exists()
 
 
+def is_url(ref: str) -> bool:
+    return ref.startswith(("https://", "http://"))
+
+
 def locate(source: ModelSource) -> Located:
+    if is_url(source.ref):
+        return _url(source)
     if is_local(source.ref):
         return _local(source)
     return _hub(source)
@@ -120,6 +136,8 @@ def _manifest_sha(folder: Path, weights: str) -> str | None:
 
 
 def snapshot_dir(source: ModelSource) -> Path:
+    if is_url(source.ref):
+        return store_dir() / "urls" / f"{source.weights}-{(source.sha256 or 'unpinned').lower()[:16]}"
     return store_dir() / source.ref.replace("/", "--") / (source.revision or "unpinned")
 
 
@@ -173,6 +191,65 @@ def download(source: ModelSource) -> Path:
             json.dumps({"repo": source.ref, "revision": source.revision, "files": {source.weights: digest}}, indent=2)
         )
         shutil.rmtree(staging / ".cache", ignore_errors=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _url(source: ModelSource) -> Located:
+    _check_weights_name(source)
+    if not source.sha256 or not SHA256.match(source.sha256):
+        raise InvalidInput(
+            f"model {source.ref}: sha256={source.sha256!r}; a URL needs the file's 64-hex sha256 pinned "
+            "(a URL can serve different bytes tomorrow)"
+        )
+    folder = snapshot_dir(source)
+    weights = folder / source.weights
+    if not (folder / MANIFEST).is_file() or not weights.is_file():
+        download_url(source)
+    digest = _verify(weights, source.sha256, str(weights))
+    return Located(folder, f"{source.weights}@sha256:{digest[:12]}", digest)
+
+
+def download_url(source: ModelSource) -> Path:
+    """Fetch one weights file by URL into the store; kept only if it hashes to the pin."""
+    folder = snapshot_dir(source)
+    hint = f" {source.install_hint}" if source.install_hint else ""
+    if os.environ.get("MLSERVICES_OFFLINE"):
+        raise ModelNotInstalled(
+            f"model {source.weights} is not in the model store ({folder}) and downloads are off "
+            f"(MLSERVICES_OFFLINE is set).{hint}"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
+    try:
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(source.ref, timeout=60) as response, open(staging / source.weights, "wb") as f:
+                size = 0
+                while chunk := response.read(1 << 20):
+                    size += len(chunk)
+                    if size > MAX_DOWNLOAD_BYTES:
+                        raise IntegrityError(f"{source.ref} sent more than {MAX_DOWNLOAD_BYTES:,} bytes; stopped")
+                    digest.update(chunk)
+                    f.write(chunk)
+        except (OSError, ValueError) as exc:  # offline, DNS, HTTP errors, refused connections
+            raise ModelNotInstalled(
+                f"could not download {source.ref} ({type(exc).__name__}: {str(exc)[:200] or 'no detail'}). "
+                f"Is this machine offline?{hint}"
+            ) from exc
+        if digest.hexdigest() != source.sha256.lower():
+            raise IntegrityError(
+                f"{source.ref}: sha256 is {digest.hexdigest()}, expected {source.sha256.lower()}; "
+                "the download is corrupt or the file changed. Nothing was kept; fix the pinned sha256 "
+                "only if you trust the new file"
+            )
+        (staging / MANIFEST).write_text(
+            json.dumps({"url": source.ref, "files": {source.weights: digest.hexdigest()}}, indent=2)
+        )
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)

@@ -77,7 +77,7 @@ class Option:
         return value
 
     def _typed(self, where: str, value: Any) -> Any:
-        wanted = _TYPE_NAMES[self.type]
+        wanted = {"integer": "an integer"}.get(_TYPE_NAMES[self.type], f"a {_TYPE_NAMES[self.type]}")
         if self.type is bool:
             if isinstance(value, bool):
                 return value
@@ -89,16 +89,16 @@ class Option:
                 raise InvalidInput(f"{where}: send a string")
             return value
         if isinstance(value, bool):
-            raise InvalidInput(f"{where}: send a {wanted}")
+            raise InvalidInput(f"{where}: send {wanted}")
         if isinstance(value, str):
             try:
                 value = float(value) if self.type is float else int(value.strip())
             except ValueError:
-                raise InvalidInput(f"{where}: send a {wanted}") from None
+                raise InvalidInput(f"{where}: send {wanted}") from None
         if self.type is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, (int, float)) or (self.type is int and not isinstance(value, int)):
-            raise InvalidInput(f"{where}: send a {wanted}")
+            raise InvalidInput(f"{where}: send {wanted}")
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInput(f"{where}: send a finite number")
         return self.type(value)

@@ -7,10 +7,13 @@ is a failure: CI must never go green by skipping.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -89,3 +92,54 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         require(False, f"no Redis at {REDIS_URL} ({exc})")
     return REDIS_URL
+
+
+# --- Tiny images and a tiny ONNX "U2Net" (background removal) --------------------
+
+BOX = (16, 12, 48, 36)  # the bright square of ``photo()``
+
+
+def build_tiny_u2net(path: Path, batch: int | None = 1, layout: str = "nhwc", size: int = 320) -> Path:
+    """A randomly initialised one-layer "U2Net": 1×1 conv → sigmoid, NHWC or NCHW, batch fixed or dynamic."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.uniform(0.5, 1.5, size=(1, 3, 1, 1)).astype(np.float32)  # positive: brighter = subject
+    bias = rng.uniform(-0.5, 0.5, size=(1,)).astype(np.float32)
+    n = batch if batch else "N"
+    nodes = [
+        helper.make_node("Conv", ["input", "weight", "bias"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["probabilities"]),
+        helper.make_node("Neg", ["logits"], ["Identity_1"]),  # a side output: using it would invert the mask
+    ]
+    if layout == "nhwc":
+        nodes.append(helper.make_node("Transpose", ["probabilities"], ["Identity"], perm=[0, 2, 3, 1]))
+        mask_shape = [n, size, size, 1]
+    else:
+        nodes.append(helper.make_node("Identity", ["probabilities"], ["Identity"]))
+        mask_shape = [n, 1, size, size]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_u2net",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [n, 3, size, size])],
+        [
+            helper.make_tensor_value_info("Identity", TensorProto.FLOAT, mask_shape),
+            helper.make_tensor_value_info("Identity_1", TensorProto.FLOAT, [n, 1, size, size]),
+        ],
+        initializer=[numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def photo(size=(64, 48), box=BOX, format="PNG", **params) -> bytes:
+    """A bright square (the subject) on a dark ground."""
+    image = Image.new("RGB", size, (20, 30, 40))
+    image.paste((250, 240, 230), box)
+    buffer = io.BytesIO()
+    image.save(buffer, format, **params)
+    return buffer.getvalue()

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 import mlservices
 from mlservices import InvalidInput, ModelNotInstalled, Runtime
 from mlservices.servings.sentiment import length_bucket, read_text
-from tests.conftest import ROOT
 
 mlservices.discover()
 
@@ -39,6 +34,9 @@ def test_length_bucket(tokens, bucket):
         (42, "the input is int"),
         ({"text": "hi", "lang": "en"}, "unknown input field"),
         ({"txt": "hi"}, "unknown input field"),
+        ("ok \ud800 no", r"lone surrogate \(U\+D800\) at character 4, which is not valid Unicode"),
+        ({"text": "fine\udcff"}, r"lone surrogate \(U\+DCFF\) at character 5"),
+        ("nul\x00here", r"NUL character \(U\+0000\) at character 4; remove it"),
     ],
 )
 def test_read_text_refuses_with_the_fix(bad, message):
@@ -103,67 +101,31 @@ def test_missing_model_says_how_to_install(tmp_path):
         runtime.run("sentiment", "hi")
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"max_chars": -1}, "option max_chars=-1: use 1 or more"),
+        ({"max_chars": 0}, "option max_chars=0: use 1 or more"),
+        ({"threads": 0}, "option threads=0: use 1 or more"),
+        ({"max_length": 0}, "option max_length=0: use 1 or more"),
+        ({"max_length": "long"}, "option max_length='long': send a"),
+    ],
+)
+def test_factory_options_are_range_checked_when_built(option, message):
+    with pytest.raises(InvalidInput, match=message):
+        mlservices.build("sentiment", **option)
+
+
+def test_read_text_accepts_paired_surrogates_as_one_character():
+    assert read_text("emoji \U0001F600 ok") == "emoji \U0001F600 ok"
+
+
 def test_unknown_option_is_refused_with_the_known_ones():
     with pytest.raises(InvalidInput, match="unknown option.*colour.*known options: model, revision"):
         mlservices.build("sentiment", colour="blue")
 
 
-# --- the command line -----------------------------------------------------
-
-
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mlservices", *args],
-        cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=300,
-        env={"PATH": "/usr/bin:/bin", "MLSERVICES_OFFLINE": "1", "HOME": str(ROOT)},
-    )
-
-
-def test_cli_text_prints_one_json_object(tiny_sentiment_model):
-    done = cli("run", "sentiment", "--model", str(tiny_sentiment_model), "--text", "i love it")
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert set(result) >= {"label", "score", "scores", "model"}
-
-
-def test_cli_input_file_prints_one_line_per_input_in_order(tiny_sentiment_model, tmp_path):
-    texts = ["i love it", "", "the plot was awful", "good"]
-    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
-    done = cli("run", "sentiment", "--model", str(tiny_sentiment_model), "--input", str(tmp_path / "in.txt"))
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(lines) == 4
-    assert "label" in lines[0] and "label" in lines[2] and "label" in lines[3]
-    assert lines[1]["code"] == "invalid_input"
-    assert done.returncode == 1
-    assert done.stderr.strip() == "error: 1 of 4 inputs failed (see their lines)"
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["run", "sentiment", "--model", "/nonexistent/model", "--text", "hi"], "does not exist"),
-        (["run", "sentiment", "--text", "hi"], "downloads are off"),
-        (["run", "sentimant", "--text", "hi"], "no serving named 'sentimant'; known servings: sentiment"),
-        (["run", "sentiment", "-o", "colour=blue", "--text", "hi"], "unknown option"),
-        (["run", "sentiment", "--input", "/nonexistent.txt"], "No such file"),
-    ],
-)
-def test_cli_errors_are_one_line_and_exit_2(args, message):
-    done = cli(*args)
-    assert done.returncode == 2
-    assert done.stdout == ""
-    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
-    assert message in done.stderr
-
-
 # --- the real model (../shared) --------------------------------------------
-
-
-@pytest.mark.shared
-def test_real_model_cli_says_positive(shared_sentiment_model):
-    done = cli("run", "sentiment", "--model", str(shared_sentiment_model), "--text", "I love it")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["label"] == "POSITIVE"
 
 
 @pytest.mark.shared

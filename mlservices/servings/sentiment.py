@@ -35,7 +35,7 @@ from ..errors import InvalidInput
 from ..model_store import ModelSource, locate
 from ..registry import register
 from ..serving import Prepared, Serving
-from ..spec import InputSpec
+from ..spec import InputSpec, Option
 
 DEFAULT_MODEL = "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
 DEFAULT_REVISION = "714eb0fa89d2f80546fda750413ed43d93601a13"
@@ -43,6 +43,14 @@ INSTALL_HINT = (
     "Install it with `python -m mlservices download sentiment` on a machine that reaches "
     "huggingface.co, or point SENTIMENT_MODEL at a local model folder "
     "(e.g. SENTIMENT_MODEL=../shared/models/sentiment-minilm-sst2)."
+)
+
+
+# Ranges of the factory options (checked when the serving is built).
+SETTINGS = (
+    Option("max_length", int, None, "tokens the model sees", minimum=1),
+    Option("max_chars", int, 20_000, "characters looked at before tokenising", minimum=1),
+    Option("threads", int, None, "torch intra-op threads", minimum=1, maximum=1024),
 )
 
 
@@ -80,6 +88,19 @@ def read_text(input) -> str:
         raise InvalidInput(f"sentiment: the input is {type(input).__name__}; send a string of text")
     if not input.strip():
         raise InvalidInput("sentiment: the text is empty; type a sentence to analyse")
+    try:
+        input.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"sentiment: the text holds a lone surrogate (U+{ord(input[exc.start]):04X}) at character "
+            f"{exc.start + 1}, which is not valid Unicode; send UTF-8 text (a file saved as UTF-8, "
+            "a JSON string without unpaired \\ud800-\\udfff escapes)"
+        ) from None
+    if "\x00" in input:
+        raise InvalidInput(
+            f"sentiment: the text holds a NUL character (U+0000) at character {input.index(chr(0)) + 1}; "
+            "remove it and send plain text"
+        )
     return input
 
 
@@ -125,6 +146,9 @@ def sentiment(
     max_chars: int = 20_000,
     threads: int | None = None,
 ) -> Serving:
+    max_length, max_chars, threads = (
+        setting.coerce("sentiment", value) for setting, value in zip(SETTINGS, (max_length, max_chars, threads))
+    )
     if model == DEFAULT_MODEL and revision is None:
         revision = DEFAULT_REVISION
     source = ModelSource(model, revision=revision, sha256=sha256, install_hint=INSTALL_HINT)
