@@ -112,7 +112,7 @@ def test_huge_body_is_refused_before_it_is_read(settings):
         "/api/jobs", data=b'{"serving": "sentiment", "input": {"text": "' + b"x" * 2_000_000 + b'"}}',
         content_type="application/json",
     )
-    assert response.status_code == 400
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
     assert Job.objects.count() == 0
 
 
@@ -142,3 +142,20 @@ def test_home_page_lists_the_visitors_jobs_after_a_reload():
     page = client.get("/").content.decode()
     assert "remember me" in page and job_id in page
     assert "remember me" not in Client().get("/").content.decode()
+
+
+def test_an_owner_with_20_active_jobs_gets_429_with_retry_after_and_others_do_not(settings):
+    settings.JOBS_MAX_ACTIVE_PER_OWNER = 20
+    client = Client()
+    client.get("/")
+    session_key = client.session.session_key
+    Job.objects.bulk_create(
+        Job(serving="sentiment", input={"text": "x"}, input_summary="x", session_key=session_key) for _ in range(20)
+    )
+    refused = submit(client, {"serving": "sentiment", "input": {"text": "one more"}})
+    assert refused.status_code == 429 and refused["Retry-After"] == str(settings.JOBS_RETRY_AFTER_S)
+    assert refused.json()["error"]["code"] == "too_many_jobs" and "limit is 20" in refused.json()["error"]["message"]
+    assert Job.objects.filter(session_key=session_key).count() == 20
+    assert submit(Client(), {"serving": "sentiment", "input": {"text": "someone else"}}).status_code == 201
+    Job.objects.filter(session_key=session_key).update(status="done")
+    assert submit(client, {"serving": "sentiment", "input": {"text": "now it fits"}}).status_code == 201

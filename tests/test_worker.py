@@ -87,9 +87,9 @@ def live_db(tmp_path, django_db_blocker):
 
 @pytest.fixture
 def redis_layer(settings, redis_url):
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
-    }
+    from webapp.settings import redis_channel_layer
+
+    settings.CHANNEL_LAYERS = {"default": redis_channel_layer(redis_url)}
 
 
 @pytest.fixture
@@ -912,3 +912,22 @@ async def test_a_file_job_posted_to_the_site_crosses_celery_as_a_reference_and_i
                 await asyncio.to_thread(stranger.open, site + url, None, 10)
             assert refused.value.code == 404
             assert json.loads(refused.value.read())["error"]["code"] == "not_found"
+
+
+@pytest.mark.redis
+async def test_a_socket_idle_longer_than_a_redis_pop_still_gets_its_job_update(redis_db, live_db, redis_layer):
+    """redis-py 8 timed sockets out after 5 s, the length of channels_redis's blocking pop: every
+    socket idle for 5 s was torn down (django/channels_redis#422). The layer's socket timeout is longer."""
+    from asgiref.sync import sync_to_async
+
+    from webapp.jobs import events
+    from webapp.jobs.models import Job
+
+    session = await new_session()
+    async with jobs_socket(session) as (communicator, _):
+        assert await communicator.receive_nothing(timeout=6.5)  # idle past one 5 s pop
+        (job_id,) = await create_jobs(session, "toy", [1])
+        job = await database_sync_to_async(Job.objects.get)(pk=job_id)
+        await sync_to_async(events.job_changed)(job)
+        message = await communicator.receive_json_from(timeout=TIMEOUT)
+    assert (message["type"], message["job"]["id"]) == ("job", job_id)

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "webapp.http_errors.APIErrorsMiddleware",  # first: sees every response; /api/ errors become JSON
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -94,10 +95,21 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL")
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+
+
+def redis_channel_layer(url: str) -> dict:
+    """The Redis channel layer on ``url``. channels_redis waits up to 5 s per
+    receive (a blocking pop); redis-py 8 times sockets out after 5 s by default,
+    which raised in every socket idle for 5 s (django/channels_redis#422), so
+    the socket gets a longer timeout than the pop."""
+    return {
+        "BACKEND": "webapp.redis_layer.RedisChannelLayer",  # channels_redis', living through outages
+        "CONFIG": {"hosts": [{"address": url, "socket_timeout": 15, "socket_connect_timeout": 5}]},
     }
+
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL)}
 else:  # one process: Channels' in-memory layer, made safe to send to from job threads
     CHANNEL_LAYERS = {"default": {"BACKEND": "webapp.channel_layer.InProcessChannelLayer"}}
 
@@ -107,6 +119,8 @@ else:  # one process: Channels' in-memory layer, made safe to send to from job t
 MLSERVICES_MODE = env("MLSERVICES_MODE", "celery" if REDIS_URL else "inprocess")
 if MLSERVICES_MODE not in ("inprocess", "celery"):
     raise RuntimeError(f"MLSERVICES_MODE={MLSERVICES_MODE!r}; use 'inprocess' or 'celery'")
+# The serving whose page is / (every serving's page is /s/<name>/).
+MLSERVICES_HOME_SERVING = env("MLSERVICES_HOME_SERVING", "sentiment")
 
 # Options of each serving, by name (see `python -m mlservices list`).
 # MLSERVICES_CONFIG (JSON) is merged over these, serving by serving.
@@ -117,6 +131,20 @@ MLSERVICES = {
             "model": env("SENTIMENT_MODEL"),
             "revision": env("SENTIMENT_REVISION"),
             "sha256": env("SENTIMENT_SHA256"),
+        }.items()
+        if v
+    },
+    "background_removal": {
+        k: v
+        for k, v in {"model": env("BACKGROUND_REMOVAL_MODEL"), "sha256": env("BACKGROUND_REMOVAL_SHA256")}.items()
+        if v
+    },
+    "transcription": {
+        k: v
+        for k, v in {
+            "model": env("TRANSCRIPTION_MODEL"),
+            "revision": env("TRANSCRIPTION_REVISION"),
+            "sha256": env("TRANSCRIPTION_SHA256"),
         }.items()
         if v
     },
@@ -137,6 +165,9 @@ OWNER_STORAGE_MAX_BYTES = int(env("OWNER_STORAGE_MAX_BYTES", str(500 * 1024 * 10
 JOBS_RETENTION_DAYS = float(env("JOBS_RETENTION_DAYS", "7"))
 # Request bodies above this are refused before they are read (bytes).
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(env("DJANGO_MAX_BODY_BYTES", str(1024 * 1024)))
+# Jobs one owner may have queued or running at once; more get 429 + Retry-After.
+JOBS_MAX_ACTIVE_PER_OWNER = int(env("JOBS_MAX_ACTIVE_PER_OWNER", "20"))
+JOBS_RETRY_AFTER_S = int(env("JOBS_RETRY_AFTER_S", "5"))
 # How many times a job may start (worker deaths included) before it is failed.
 JOBS_MAX_ATTEMPTS = int(env("JOBS_MAX_ATTEMPTS", "3"))
 
@@ -153,7 +184,14 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS stays off (the
+# default): it asks the pool to kill the running tasks when the broker
+# connection drops, which the threads pool cannot do (every such task logged
+# "NotImplementedError: TaskPool does not implement kill_job" and ran on). So
+# on a connection loss running jobs finish; their acknowledgement is lost with
+# the connection, Redis hands them out again after CELERY_VISIBILITY_TIMEOUT,
+# and execute_job skips a job that already finished (Celery warns once,
+# CPendingDeprecationWarning, that 6.0 will change the default).
 # An unacknowledged job of a dead worker is handed out again after this long
 # (seconds); it must exceed every hard time limit below, or a slow job is
 # handed to a second worker while the first still runs it. Workers look for
@@ -167,6 +205,22 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_throttle": 1,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Nothing stuck (webapp.jobs.liveness, a thread in every worker; docs/worker.md).
+# Each worker writes a heartbeat to Redis every JOBS_WORKER_HEARTBEAT seconds;
+# one silent for JOBS_WORKER_DEAD_AFTER seconds is dead, and the jobs it was
+# running go back on their queues at the next heartbeat of a live worker (or
+# when a worker restarts under the same node name, at its start).
+JOBS_WORKER_HEARTBEAT = float(env("JOBS_WORKER_HEARTBEAT", "2"))
+JOBS_WORKER_DEAD_AFTER = float(env("JOBS_WORKER_DEAD_AFTER", "10"))
+# Every JOBS_REAPER_INTERVAL seconds, jobs queued for over JOBS_REQUEUE_AFTER
+# seconds whose message Redis no longer holds (a restart without persistence)
+# are sent again; after JOBS_MAX_REQUEUES re-sends a job fails with "lost", and
+# one whose serving no live worker serves fails with "unserved" once queued for
+# JOBS_UNSERVED_AFTER seconds.
+JOBS_REAPER_INTERVAL = float(env("JOBS_REAPER_INTERVAL", "15"))
+JOBS_REQUEUE_AFTER = float(env("JOBS_REQUEUE_AFTER", "60"))
+JOBS_MAX_REQUEUES = int(env("JOBS_MAX_REQUEUES", "3"))
+JOBS_UNSERVED_AFTER = float(env("JOBS_UNSERVED_AFTER", "300"))
 
 
 def env_list(name: str, default: str = "") -> list[str]:
@@ -231,7 +285,22 @@ CSRF_COOKIE_HTTPONLY = False  # the page's script reads it to send X-CSRFToken
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # A Redis outage logs a few lines, not a traceback per failed call (webapp.outages).
+    "filters": {"quiet_outages": {"()": "webapp.outages.QuietConnectionErrors"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["quiet_outages"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {"httpx": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
+
+# --- Hardening: HTTP edge ---------------------------------------------------
+# Untrusted JSON (request bodies, websocket messages; webapp.jobs.json_body):
+# the deepest nesting and the longest number (in digits) accepted.
+JSON_MAX_DEPTH = int(env("JSON_MAX_DEPTH", "32"))
+JSON_MAX_NUMBER_DIGITS = int(env("JSON_MAX_NUMBER_DIGITS", "30"))
+# A request body must arrive whole within this many seconds of its headers,
+# or the request gets 408 and its connection is closed (webapp.body_limits).
+# Bodies may be DATA_UPLOAD_MAX_MEMORY_SIZE bytes, uploads to /api/uploads and
+# /api/jobs MLSERVICES_UPLOAD_MAX_BYTES plus 64 KiB of form fields (413 past it).
+HTTP_BODY_TIMEOUT = float(env("HTTP_BODY_TIMEOUT", "30"))
+# A failed CSRF check: JSON (code csrf_failed) under /api/, a short page elsewhere.
+CSRF_FAILURE_VIEW = "webapp.http_errors.csrf_failure"

@@ -26,6 +26,12 @@ that loads the app, but they act only in a worker:
 - **Batch records.** ``celery -A webapp inspect mlservices`` answers, per
   serving of each worker: device, model version, batcher settings, items
   waiting, and the most recent batches (size, key, wait, inference time).
+- **Nothing stuck.** The worker names itself ``"<node name>:<pid>"`` on the
+  jobs it claims (``execution.WORKER``) and starts ``webapp.jobs.liveness``
+  before it loads its servings: heartbeats, the jobs of dead workers (and of
+  its own earlier process) back on the queue, lost messages sent again.
+- **Quiet outages.** Celery's log handlers get ``webapp.outages``'s filter: a
+  Redis outage logs a few lines, not a traceback per failed call.
 """
 
 from __future__ import annotations
@@ -40,13 +46,14 @@ import time
 
 from celery import signals
 from celery.worker.control import inspect_command
+from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger("webapp.worker")
 
 EXIT_HARD_TIME_LIMIT = 70  # EX_SOFTWARE: a supervisor (compose, bin/stack.py) starts a fresh worker
 RECENT_BATCHES = 100
 
-_state: dict = {"in_worker": False, "pool": None, "servings": [], "loaded_in": None, "errors": {}}
+_state: dict = {"in_worker": False, "pool": None, "servings": [], "loaded_in": None, "errors": {}, "liveness": None}
 
 
 # --- Which servings, loaded when ----------------------------------------------
@@ -160,6 +167,7 @@ def _on_worker_setup(sender=None, instance=None, **kwargs):
         ", ".join(queues.consume_from),
     )
     _check_limits(names)
+    _start_liveness(worker, names)
     if pool == "prefork":
         log.warning(
             "the prefork pool loads one copy of every model per child process; prefer "
@@ -169,6 +177,56 @@ def _on_worker_setup(sender=None, instance=None, **kwargs):
     if pool not in ("threads", "thread", "solo"):
         log.warning("pool %s is not tested with servings; use -P threads", pool)
     load_servings(names)
+
+
+class OutageProofQoS(kombu_redis.QoS):
+    """kombu's Redis acknowledgements, made to live through a lost broker connection.
+
+    When the connection drops, Celery closes its channel and consumes on a new
+    one; the jobs it had delivered keep running (the threads pool cannot stop
+    them). kombu then (1) put those messages back on close, so each ran a
+    second time, counting an attempt, and with Redis still down that close
+    crashed the consumer ("Unrecoverable error: AttributeError: 'NoneType'
+    object has no attribute 'hostname'"); and (2) crashed it again when a job
+    finished and was acknowledged on the closed channel ("... no attribute
+    'client'"). Either stopped the worker. Here nothing is put back on close,
+    and an acknowledgement on a closed channel is dropped: a delivery Redis
+    still holds comes back after the visibility timeout and finds its job done;
+    the jobs of a worker that really died come back through
+    ``webapp.jobs.liveness``.
+    """
+
+    restore_at_shutdown = False
+
+    def ack(self, delivery_tag):
+        if self.channel.connection is not None:  # None: closed after a lost connection
+            super().ack(delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):
+        if self.channel.connection is not None:
+            super().reject(delivery_tag, requeue=requeue)
+
+
+def _start_liveness(worker, names: list[str]) -> None:
+    """Claim jobs as this worker, announce it, and put back what an earlier process left running."""
+    from webapp.jobs import execution
+    from webapp.jobs.liveness import Liveness
+
+    kombu_redis.Channel.QoS = OutageProofQoS  # this process is a worker: its channels get it
+
+    execution.WORKER = f"{worker.hostname}:{os.getpid()}"
+    _state["liveness"] = Liveness(worker.app, execution.WORKER, worker.hostname, names)
+    _state["liveness"].start()
+
+
+@signals.after_setup_logger.connect
+def _quiet_outages(logger=None, **kwargs):
+    """Celery replaced the root logger's handlers (Django's LOGGING filter went with them): filter its own."""
+    from webapp.outages import QuietConnectionErrors
+
+    quiet = QuietConnectionErrors()
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.addFilter(quiet)
 
 
 @signals.worker_process_init.connect

@@ -7,13 +7,12 @@ CSRF protection stays on: browsers send the ``X-CSRFToken`` header.
 
 from __future__ import annotations
 
-import json
-
 import mlservices
+from django.conf import settings
 from django.http import FileResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import dispatch, owners, uploads, validation
+from . import dispatch, json_body, owners, uploads, validation
 from .models import Job
 
 LIST_LIMIT = 50
@@ -47,15 +46,17 @@ def jobs(request):
         return error(415, "unsupported_media_type",
                      "send the job as JSON (Content-Type: application/json) or as multipart/form-data with a file")
     try:
-        body = json.loads(request.body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error(400, "invalid_json", f"the body is not valid JSON: {exc}")
+        body = json_body.loads(request.body)
+    except json_body.InvalidJSON as exc:
+        return error(400, exc.code, exc.message)
     if not isinstance(body, dict):
         return error(400, "invalid_json", 'send an object: {"serving": "sentiment", "input": {"text": "..."}}')
     unknown = sorted(set(body) - {"serving", "input"})
     if unknown:
         return error(400, "invalid_input", f"unknown field(s) {', '.join(unknown)}; send 'serving' and 'input'")
     owner = owners.of_request(request, create_session=True)
+    if refused := _too_many_jobs(owner):
+        return refused
     try:
         input, upload = validation.check(owner, body.get("serving"), body.get("input"))
     except mlservices.ServingError as exc:
@@ -67,6 +68,8 @@ def _submit_multipart(request):
     """``serving``, the file in ``file`` (for a file serving), and the other input fields as
     form fields (``text`` for a text serving, options): one upload, one job."""
     owner = owners.of_request(request, create_session=True)
+    if refused := _too_many_jobs(owner):
+        return refused
     serving = request.POST.get("serving", "")
     fields = {k: v for k, v in request.POST.items() if k not in ("serving", "csrfmiddlewaretoken")}
     try:
@@ -79,6 +82,21 @@ def _submit_multipart(request):
     except mlservices.ServingError as exc:
         return serving_error(exc)
     return _create(owner, serving, input, upload)
+
+
+def _too_many_jobs(owner) -> JsonResponse | None:
+    """429 when the owner already has ``JOBS_MAX_ACTIVE_PER_OWNER`` jobs queued or running."""
+    limit = settings.JOBS_MAX_ACTIVE_PER_OWNER
+    active = owner.jobs().filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).count()
+    if active < limit:
+        return None
+    response = error(
+        429, "too_many_jobs",
+        f"you have {active} jobs queued or running; the limit is {limit} (JOBS_MAX_ACTIVE_PER_OWNER). "
+        "Wait for some to finish, then send this one again",
+    )
+    response["Retry-After"] = str(settings.JOBS_RETRY_AFTER_S)
+    return response
 
 
 def _create(owner, serving: str, input, upload) -> JsonResponse:

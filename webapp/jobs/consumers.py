@@ -11,26 +11,42 @@ Server → client (docs/api.md)::
     {"type": "job.progress", "job_id": ..., "progress": 0.5, "done": 1, "total": 2, "partial": {...}}
     {"type": "prediction", "request_id": 7, "result": {...}, "model_version": "..."}
     {"type": "error", "request_id": 7, "code": "model_not_installed", "message": "..."}
+    {"type": "error", "code": "reconnecting", "message": "..."}   then close 4013: Redis is away, come back later
 
 The consumer runs no model and does not know where servings run: a predict is
 checked at the door and handed to ``dispatch``; answers and job events arrive
 as channel-layer events, handled by the methods named after their types.
+
+When the channel layer loses Redis (``webapp.redis_layer``), no answer
+or update can reach the socket any more: each live prediction in flight gets
+an error, then the page is told to reconnect (code ``reconnecting``, close
+4013 "try again later"); a handshake during the outage is accepted and told
+the same, never refused with a 500. A page that reconnects reads its jobs
+from the database, so it misses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
 import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from kombu.exceptions import OperationalError
 
-from . import dispatch, owners, validation
+from . import dispatch, json_body, owners, validation
 from .execution import error_payload
 
 log = logging.getLogger(__name__)
 SNAPSHOT_JOBS = 20
+IN_FLIGHT_KEPT = 100  # live predictions remembered per socket (an expired one is never answered)
+# Close code "try again later": the RFC's is 1013, but daphne (autobahn) sends only 1000 or 3000-4999.
+TRY_AGAIN_LATER = 4013
+RECONNECTING = {
+    "type": "error", "code": "reconnecting",
+    "message": "the site lost its connection to Redis; reconnecting, your jobs are safe",
+}
 
 
 @database_sync_to_async
@@ -44,23 +60,46 @@ def checked_input(owner: owners.Owner, serving, input):
 
 
 class JobsConsumer(AsyncJsonWebsocketConsumer):
+    in_flight: collections.deque | None = None  # request ids of live predictions not answered (from connect on)
+    leaving = False  # closing because Redis is away
+
     async def connect(self):
         self.owner = owners.of_scope(self.scope)
+        self.in_flight = collections.deque(maxlen=IN_FLIGHT_KEPT)
         if self.owner.known:
-            await self.channel_layer.group_add(self.owner.group, self.channel_name)
+            try:
+                await self.channel_layer.group_add(self.owner.group, self.channel_name)
+            except Exception:  # Redis is away: accept, then say so and close cleanly
+                await self.accept()
+                await self.reconnect_later()
+                return
         await self.accept()
         # A page that connects (or reconnects) late still learns every outcome.
         await self.send_json({"type": "jobs", "jobs": await recent_jobs(self.owner)})
 
     async def disconnect(self, code):
         if self.owner.known:
-            await self.channel_layer.group_discard(self.owner.group, self.channel_name)
+            try:
+                await self.channel_layer.group_discard(self.owner.group, self.channel_name)
+            except Exception:  # Redis is away; the membership expires with the group
+                pass
+
+    async def reconnect_later(self):
+        """Redis is away: answer the live predictions in flight, tell the page, close with 4013."""
+        if self.leaving:
+            return
+        self.leaving = True
+        for request_id in self.in_flight:
+            await self.send_json({**RECONNECTING, "request_id": request_id})
+        self.in_flight.clear()
+        await self.send_json(RECONNECTING)
+        await self.close(code=TRY_AGAIN_LATER)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         try:
-            content = json.loads(text_data) if text_data else None
-        except ValueError as exc:
-            await self.refuse(f"the message is not JSON ({exc})")
+            content = json_body.loads(text_data if text_data is not None else bytes_data or b"")
+        except json_body.InvalidJSON as exc:
+            await self.send_json({"type": "error", "request_id": None, "code": exc.code, "message": exc.message})
             return
         await self.receive_json(content)
 
@@ -78,9 +117,14 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         serving, input = content.get("serving"), content.get("input")
         try:
             input = await checked_input(self.owner, serving, input)
-            await asyncio.to_thread(dispatch.predict, serving, input, self.channel_name, request_id)
+            await asyncio.to_thread(dispatch.predict, serving, input, self.channel_name, request_id, self.owner.group)
+        except OperationalError:  # the broker (Redis) is away
+            await self.send_json({"type": "error", "request_id": request_id, "code": "queue_unavailable",
+                                  "message": "the site's task queue is unreachable; try again in a moment"})
         except Exception as exc:
             await self.send_json({"type": "error", "request_id": request_id, **error_payload(exc)})
+        else:
+            self.in_flight.append(request_id)
 
     # Channel-layer events, named after their type.
 
@@ -90,8 +134,20 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
     async def job_progress(self, event):
         await self.send_json({**event, "type": "job.progress"})
 
+    def answered(self, request_id) -> None:
+        if request_id in self.in_flight:
+            self.in_flight.remove(request_id)
+
     async def prediction(self, event):
+        self.answered(event.get("request_id"))
         await self.send_json(event)
 
     async def prediction_error(self, event):
+        self.answered(event.get("request_id"))
         await self.send_json({"type": "error", "request_id": event.get("request_id"), **event["error"]})
+
+    async def channel_layer_down(self, event):
+        """From ``webapp.redis_layer``: Redis is away, nothing more can reach this socket."""
+        if self.in_flight is None:  # before connect(), which finds out by itself
+            return
+        await self.reconnect_later()

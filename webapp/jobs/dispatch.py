@@ -60,17 +60,17 @@ def _send(job: Job) -> None:
         )
 
 
-def predict(serving: str, input, reply_channel: str, request_id) -> None:
+def predict(serving: str, input, reply_channel: str, request_id, owner: str | None = None) -> None:
     """Start a live (unsaved) prediction; its answer is sent to ``reply_channel``. Blocking
     (it may talk to the broker): call it from a thread."""
     if distributed():
         from .tasks import predict as predict_task
 
         predict_task.apply_async(
-            (serving, input, reply_channel, request_id), queue=serving, expires=PREDICTION_EXPIRES_S
+            (serving, input, reply_channel, request_id), {"owner": owner}, queue=serving, expires=PREDICTION_EXPIRES_S
         )
     else:
-        _pool("predictions").submit(_closing, execute_prediction, serving, input, reply_channel, request_id)
+        _pool("predictions").submit(_closing, execute_prediction, serving, input, reply_channel, request_id, owner)
 
 
 def _closing(run, *args) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,10 +28,16 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import events, uploads
+from . import events, owners, uploads
 from .models import Job
 
 log = logging.getLogger(__name__)
+
+# Who claims jobs in this process, recorded on each job it starts (Job.worker):
+# "web:<pid>" here; a Celery worker sets "<node name>:<pid>" at start
+# (webapp.worker), and webapp.jobs.liveness puts the running jobs of a worker
+# that stopped answering back on the queue.
+WORKER = f"web:{os.getpid()}"
 
 # A guard wraps each step of a run: guard(serving, what) -> context manager.
 # The worker installs its hard-time-limit watchdog here (webapp.worker).
@@ -69,7 +76,8 @@ def error_payload(exc: BaseException) -> dict:
 
 
 def run_stream(
-    name: str, input: Any, runtime: mlservices.Runtime | None = None, guard: Guard = _no_guard, what: str = "a run"
+    name: str, input: Any, runtime: mlservices.Runtime | None = None, guard: Guard = _no_guard,
+    what: str = "a run", owner: str | None = None,
 ) -> Iterator[mlservices.Progress | mlservices.Final]:
     """The events of ``input`` through serving ``name``'s batcher.
 
@@ -78,11 +86,12 @@ def run_stream(
     the serving's soft time limit, then fails with ``TimeLimitExceeded`` (items
     still queued in the batcher are dropped), and runs under ``guard`` (the
     worker's hard limit): a long stream that keeps making progress is not stuck.
+    ``owner`` (the owner's group name) is who the batcher shares batches fairly between.
     """
     runtime = runtime or mlservices.runtime.default()
     runtime.serving(name)
     soft, _ = time_limits(name)
-    stream = runtime.stream(name, input, timeout=soft)
+    stream = runtime.stream(name, input, timeout=soft, owner=owner)
     try:
         while True:
             with guard(name, what):
@@ -108,16 +117,17 @@ def _claim(job_id) -> Job | None:
         job.attempts += 1
         job.status = Job.Status.RUNNING
         job.started_at = timezone.now()
-        job.progress, job.partials = 0.0, []  # a delivery that starts over starts from nothing
-        job.save(update_fields=["attempts", "status", "started_at", "progress", "partials"])
+        job.worker = WORKER
+        job.progress, job.items, job.partials = 0.0, 0, []  # a delivery that starts over starts from nothing
+        job.save(update_fields=["attempts", "status", "started_at", "worker", "progress", "items", "partials"])
         return job
 
 
 def _record_progress(job: Job, event: mlservices.Progress) -> None:
     job.partials.append(event.partial)
-    job.progress = round(event.fraction, 4)
+    job.progress, job.items = round(event.fraction, 4), event.total
     mine = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
-    if not mine.update(progress=job.progress, partials=job.partials):
+    if not mine.update(progress=job.progress, items=job.items, partials=job.partials):
         raise _Superseded
     events.job_progressed(job, event.done, event.total, event.partial)
 
@@ -164,7 +174,8 @@ def execute_job(job_id, runtime: mlservices.Runtime | None = None, guard: Guard 
     events.job_changed(job)
     try:
         input = uploads.resolve(job.serving, job.input)
-        for event in run_stream(job.serving, input, runtime, guard, what=f"job {job.pk}"):
+        owner = owners.of_job(job).group
+        for event in run_stream(job.serving, input, runtime, guard, what=f"job {job.pk}", owner=owner):
             if isinstance(event, mlservices.Progress):
                 _record_progress(job, event)
             else:
@@ -182,13 +193,13 @@ def execute_job(job_id, runtime: mlservices.Runtime | None = None, guard: Guard 
 
 
 def execute_prediction(
-    serving: str, input: Any, reply_channel: str, request_id=None,
+    serving: str, input: Any, reply_channel: str, request_id=None, owner: str | None = None,
     runtime: mlservices.Runtime | None = None, guard: Guard = _no_guard,
 ) -> dict:
     """A live prediction: nothing is saved; the answer goes to ``reply_channel``."""
     try:
         resolved = uploads.resolve(serving, input)
-        for event in run_stream(serving, resolved, runtime, guard, what="a live prediction"):
+        for event in run_stream(serving, resolved, runtime, guard, what="a live prediction", owner=owner):
             if isinstance(event, mlservices.Final):
                 result = uploads.described(event.result)
                 events.prediction_ready(reply_channel, request_id, result, event.version)

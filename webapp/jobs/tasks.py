@@ -37,7 +37,7 @@ def execute(self, job_id: str) -> str | None:
 
 
 @shared_task(name="jobs.predict", ignore_result=True, acks_late=False)
-def predict(serving: str, input, reply_channel: str, request_id=None) -> dict:
+def predict(serving: str, input, reply_channel: str, request_id=None, owner: str | None = None) -> dict:
     from webapp.worker import guard
 
-    return execute_prediction(serving, input, reply_channel, request_id, guard=guard)
+    return execute_prediction(serving, input, reply_channel, request_id, owner, guard=guard)
