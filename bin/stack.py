@@ -11,8 +11,11 @@ Starts, against a local Redis (``REDIS_URL``, default redis://127.0.0.1:6379/0):
 It migrates the database first (``DATABASE_URL``, default the SQLite file of
 ``make run``). If nothing answers at ``REDIS_URL`` and ``redis-server`` is
 installed, it starts one for the session (no persistence). A worker that
-exits on its own (a crash, or the hard time limit: exit 70) is started again;
-its unfinished jobs come back to the new one. Ctrl-C (or SIGTERM) stops
+exits on its own (a crash, SIGKILL, or the hard time limit: exit 70) is
+started again under the same node name (``stack-worker-<this pid>@<host>``):
+the new process puts the jobs the old one was running back on the queue as it
+starts (``webapp.jobs.liveness``), instead of Redis handing them out after
+CELERY_VISIBILITY_TIMEOUT. Ctrl-C (or SIGTERM) stops
 everything it started, gracefully, then for good after STOP_TIMEOUT seconds.
 
     .venv/bin/python bin/stack.py [--host 127.0.0.1] [--port 8000] [--concurrency 32] [--queues sentiment]
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(restarts) > RESTARTS_ALLOWED:
                 say(f"the worker exited {len(restarts)} times within {RESTART_WINDOW:.0f} s; stopping the stack")
                 return code or 1
-            say(f"worker exited with {code}; starting a fresh one (its unfinished jobs come back to it)")
+            say(f"worker exited with {code}; starting a fresh one (it puts the jobs it left running back on the queue)")
             processes["worker"] = spawn("worker", worker_args, env)
     except Stop as why:
         say(f"{why}: stopping")

@@ -28,11 +28,8 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 
 from tests.live_server import asgi_server, free_port, wait_until
 from tests.test_worker import (  # noqa: F401  (fixtures)
@@ -173,6 +170,28 @@ def messages_in(redis_db, queue: str = "toy") -> list[str]:
     return [job_of(json.loads(raw)) for raw in redis_db.lrange(queue, 0, -1)]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_job_run_in_the_web_process_records_web_and_its_pid():
+    import os
+
+    import mlservices
+    from mlservices.testing import Toy
+
+    from webapp.jobs.execution import execute_job
+    from webapp.jobs.models import Job
+
+    mlservices.register("toy-web")(lambda: Toy().serving("toy-web", batch_size=1, batch_timeout_ms=0))
+    mlservices.configure({"toy-web": {}}, device="cpu")
+    try:
+        job = Job.objects.create(serving="toy-web", input=4, input_summary="4", session_key="s")
+        execute_job(job.pk)
+    finally:
+        mlservices.configure({})
+        mlservices.registry.unregister("toy-web")
+    job.refresh_from_db()
+    assert (job.status, job.worker) == ("done", f"web:{os.getpid()}")
+
+
 @pytest.mark.redis
 def test_job_of_reads_the_job_id_from_a_real_celery_message(redis_db, celery_client):
     from webapp.jobs.liveness import job_of
@@ -294,7 +313,6 @@ async def test_a_sigkilled_workers_jobs_are_done_elsewhere_within_30_s_under_the
         updates = await job_updates_until(communicator, ids)
         assert await communicator.receive_nothing(timeout=0.5)
 
-    print("BACK_AFTER", back_after)
     assert back_after < BACK_WITHIN
     assert {j.worker for j in running.values()} == {f"{doomed.node}:{doomed.process.pid}"}
     assert {j.worker for j in jobs.values()} == {f"{survivor.node}:{survivor.process.pid}"}
@@ -324,7 +342,6 @@ async def test_a_worker_restarted_under_its_name_puts_its_earlier_jobs_back_at_s
     async with in_thread(celery_worker(celery_client, env, tmp_path, name="phoenix", queues="toy")) as second:
         jobs = await wait_for_jobs(ids, timeout=BACK_WITHIN)
         back_after = time.monotonic() - died
-    print("BACK_AFTER", back_after)
     assert back_after < BACK_WITHIN
     assert {(j.status, j.attempts, j.worker) for j in jobs.values()} == {
         ("done", 2, f"{second.node}:{second.process.pid}")}
@@ -376,7 +393,6 @@ async def test_every_job_ends_when_redis_restarts_empty_under_queued_and_running
             let_through(toy_files.gate)
             jobs = await wait_for_jobs(ids, timeout=60)
             ended_after = time.monotonic() - restarted
-    print("ENDED_AFTER", ended_after)
     assert {n: (jobs[i].status, jobs[i].result) for n, i in enumerate(ids)} == {
         n: ("done", windows_result(10 * n)) for n in range(10)}
     assert all([p["index"] for p in j.partials] == [0, 1] for j in jobs.values())
@@ -511,3 +527,50 @@ async def test_a_redis_outage_closes_sockets_cleanly_answers_predictions_logs_li
     assert tracebacks(worker.log) == 0, log_tail(worker.log, 6000)
     pushes = [line for line in worker_log.splitlines() if "could not push" in line]
     assert len(pushes) == 1, pushes  # of the running job's 4 pushes and the prediction's answer
+
+
+@pytest.mark.redis
+@pytest.mark.worker
+async def test_make_stack_restarts_a_sigkilled_worker_and_its_jobs_are_done_within_30_s(
+    tmp_path, toy_files, redis_db, redis_url, live_db, celery_client
+):
+    """Finding 5 as it was met: ``make stack`` (bin/stack.py) restarts the killed worker under the
+    same node name; the jobs it was running are back at the new process's start."""
+    import os
+    import sys
+
+    from tests.live_server import ROOT
+
+    env = toy_env(live_db, redis_url, toy_files, batch_size=4, JOBS_MAX_ATTEMPTS="5", JOBS_WORKER_DEAD_AFTER="120")
+    log = tmp_path / "stack.log"
+    args = [sys.executable, "bin/stack.py", "--port", str(free_port()), "--concurrency", "8", "--queues", "toy"]
+    with open(log, "wb") as out:
+        stack = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def workers() -> list[int]:
+        return [int(line.split("pid ")[1].split(":")[0]) for line in log.read_text().splitlines()
+                if line.startswith("[stack] worker started, pid ")]
+
+    def ready() -> bool:
+        assert stack.poll() is None, log_tail(log)
+        return "ready." in log.read_text() and bool(workers())
+
+    try:
+        await asyncio.to_thread(wait_until, ready, timeout=TIMEOUT, what="the stack's worker")
+        session = await new_session()
+        ids = await create_jobs(session, "toy", list(range(8)))
+        enqueue(celery_client, ids, "toy")
+        await wait_for_jobs(ids, statuses=("running",))
+        (first,) = workers()
+        os.kill(first, signal.SIGKILL)
+        died = time.monotonic()
+        toy_files.gate.touch()
+        jobs = await wait_for_jobs(ids, timeout=BACK_WITHIN)
+        back_after = time.monotonic() - died
+    finally:
+        os.killpg(stack.pid, signal.SIGINT)
+        await asyncio.to_thread(stack.wait, TIMEOUT)
+    assert back_after < BACK_WITHIN
+    assert len(workers()) == 2
+    assert {(j.status, j.attempts) for j in jobs.values()} == {("done", 2)}
+    assert "8 running jobs of an earlier worker named stack-worker-" in log.read_text()

@@ -30,8 +30,10 @@ that loads the app, but they act only in a worker:
   jobs it claims (``execution.WORKER``) and starts ``webapp.jobs.liveness``
   before it loads its servings: heartbeats, the jobs of dead workers (and of
   its own earlier process) back on the queue, lost messages sent again.
-- **Quiet outages.** Celery's log handlers get ``webapp.outages``'s filter: a
-  Redis outage logs a few lines, not a traceback per failed call.
+- **Redis outages.** The worker's broker channels acknowledge through
+  ``OutageProofQoS``, so a lost connection no longer runs jobs twice or stops
+  the worker; Celery's log handlers get ``webapp.outages``'s filter: an outage
+  logs a few lines, not a traceback per failed call.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ log = logging.getLogger("webapp.worker")
 EXIT_HARD_TIME_LIMIT = 70  # EX_SOFTWARE: a supervisor (compose, bin/stack.py) starts a fresh worker
 RECENT_BATCHES = 100
 
-_state: dict = {"in_worker": False, "pool": None, "servings": [], "loaded_in": None, "errors": {}, "liveness": None}
+_state: dict = {"in_worker": False, "pool": None, "servings": [], "loaded_in": None, "errors": {}}
 
 
 # --- Which servings, loaded when ----------------------------------------------
@@ -167,6 +169,7 @@ def _on_worker_setup(sender=None, instance=None, **kwargs):
         ", ".join(queues.consume_from),
     )
     _check_limits(names)
+    kombu_redis.Channel.QoS = OutageProofQoS  # this process's broker channels live through Redis outages
     _start_liveness(worker, names)
     if pool == "prefork":
         log.warning(
@@ -212,11 +215,8 @@ def _start_liveness(worker, names: list[str]) -> None:
     from webapp.jobs import execution
     from webapp.jobs.liveness import Liveness
 
-    kombu_redis.Channel.QoS = OutageProofQoS  # this process is a worker: its channels get it
-
     execution.WORKER = f"{worker.hostname}:{os.getpid()}"
-    _state["liveness"] = Liveness(worker.app, execution.WORKER, worker.hostname, names)
-    _state["liveness"].start()
+    Liveness(worker.app, execution.WORKER, worker.hostname, names).start()
 
 
 @signals.after_setup_logger.connect

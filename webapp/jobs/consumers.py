@@ -35,6 +35,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from kombu.exceptions import OperationalError
 
+from webapp.outages import connection_errors
+
 from . import dispatch, json_body, owners, validation
 from .execution import error_payload
 
@@ -69,7 +71,7 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         if self.owner.known:
             try:
                 await self.channel_layer.group_add(self.owner.group, self.channel_name)
-            except Exception:  # Redis is away: accept, then say so and close cleanly
+            except connection_errors():  # Redis is away: accept, then say so and close cleanly
                 await self.accept()
                 await self.reconnect_later()
                 return
@@ -81,7 +83,7 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         if self.owner.known:
             try:
                 await self.channel_layer.group_discard(self.owner.group, self.channel_name)
-            except Exception:  # Redis is away; the membership expires with the group
+            except connection_errors():  # Redis is away; the membership expires with the group
                 pass
 
     async def reconnect_later(self):

@@ -141,7 +141,13 @@ class Broker:
         return {i: json.loads(beat) for i, beat in zip(identities, beats) if beat is not None}
 
     def uptime(self) -> float:
-        return float(self.client.info("server")["uptime_in_seconds"])
+        """Seconds since Redis started (a Redis that will not say is taken as up for long)."""
+        import redis
+
+        try:
+            return float(self.client.info("server")["uptime_in_seconds"])
+        except (redis.ResponseError, KeyError, ValueError):
+            return float("inf")
 
     def lock(self, name: str, seconds: float) -> bool:
         """Take the cluster-wide lock ``name`` for ``seconds`` (never released: it spaces the runs)."""
@@ -234,9 +240,9 @@ def sweep_dead_workers(broker: Broker) -> int:
     return count
 
 
-def requeue_previous(broker: Broker, node: str) -> int:
-    """At a worker's start: requeue the running jobs of earlier processes with this node name."""
-    jobs = list(Job.objects.filter(status=Job.Status.RUNNING, worker__startswith=f"{node}:"))
+def requeue_previous(broker: Broker, node: str, started) -> int:
+    """At a worker's start (``started``): requeue the jobs earlier processes with this node name left running."""
+    jobs = list(Job.objects.filter(status=Job.Status.RUNNING, worker__startswith=f"{node}:", started_at__lt=started))
     n = requeue_running(broker, jobs, f"its worker {node} was restarted")
     if n:
         log.warning("%d running jobs of an earlier worker named %s are back on their queues", n, node)
@@ -287,60 +293,74 @@ def reap(broker: Broker) -> dict[str, int]:
 
 
 class Liveness:
-    """A worker's heartbeat, dead-worker sweep and reaper, on one daemon thread.
+    """A worker's heartbeat (one daemon thread) and its checks (another, so a long reaper run never
+    delays a heartbeat and makes a live worker look dead).
 
     ``Liveness(app, identity, node, servings).start()`` once the worker is set
-    up; it beats at once and, before returning, puts back the jobs of an earlier
-    process with the same node name.
+    up, before it consumes: it beats at once and puts back the jobs an earlier
+    process with the same node name left running (at the first check that
+    reaches Redis and the database); then both threads tick every
+    ``JOBS_WORKER_HEARTBEAT`` seconds for as long as the process lives.
     """
 
     def __init__(self, app, identity: str, node: str, servings: list[str]):
-        self.app, self.identity, self.node = app, identity, node
+        self.app, self.identity = app, identity
         self.info = {"node": node, "pid": os.getpid(), "servings": list(servings)}
         self.redis = Outage(log, "Redis (worker liveness)", "dead workers and lost jobs are looked for again when it is back")
         self.database = Outage(log, "the database (worker liveness)")
-        self._broker: Broker | None = None
+        if settings.JOBS_WORKER_DEAD_AFTER < 2 * settings.JOBS_WORKER_HEARTBEAT:
+            log.warning("JOBS_WORKER_DEAD_AFTER (%g s) is less than two heartbeats (JOBS_WORKER_HEARTBEAT, %g s): "
+                        "live workers may be taken for dead", settings.JOBS_WORKER_DEAD_AFTER,
+                        settings.JOBS_WORKER_HEARTBEAT)
+        self._previous = (node, timezone.now())  # put back once: jobs of this node name claimed before now
         self._next_reap = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._brokers: dict[str, Broker] = {}
 
     def start(self) -> None:
-        self._tick(first=True)
-        self._thread = threading.Thread(target=self._loop, name="liveness", daemon=True)
-        self._thread.start()
+        self._tick("beat", self._beat)
+        self._tick("check", self._check)
+        for name, step in (("beat", self._beat), ("check", self._check)):
+            threading.Thread(target=self._loop, args=(name, step), name=f"liveness-{name}", daemon=True).start()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def _loop(self, name: str, step) -> None:
+        while True:
+            time.sleep(settings.JOBS_WORKER_HEARTBEAT)
+            self._tick(name, step)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(settings.JOBS_WORKER_HEARTBEAT):
-            self._tick()
+    def _beat(self, broker: Broker) -> None:
+        broker.beat(self.identity, self.info, settings.JOBS_WORKER_DEAD_AFTER)
 
-    def _tick(self, first: bool = False) -> None:
+    def _check(self, broker: Broker) -> None:
+        if self._previous is not None:
+            requeue_previous(broker, *self._previous)
+            self._previous = None
+        if broker.uptime() < settings.JOBS_WORKER_DEAD_AFTER:
+            return  # every heartbeat went with the restart: the view of who is alive is not complete yet
+        if broker.lock("dead-workers", settings.JOBS_WORKER_HEARTBEAT * 0.9):
+            sweep_dead_workers(broker)
+        if time.monotonic() >= self._next_reap:
+            self._next_reap = time.monotonic() + settings.JOBS_REAPER_INTERVAL
+            if broker.lock("reaper", settings.JOBS_REAPER_INTERVAL * 0.9):
+                reap(broker)
+
+    def _tick(self, name: str, step) -> None:
+        """``step(broker)`` on this thread's connection; outages logged once, never raised."""
         try:
-            if self._broker is None:
-                self._broker = Broker.open(self.app)
-            broker = self._broker
-            broker.beat(self.identity, self.info, settings.JOBS_WORKER_DEAD_AFTER)
-            if first:
-                requeue_previous(broker, self.node)
-            if broker.uptime() >= settings.JOBS_WORKER_DEAD_AFTER:  # else the view of who is alive is not complete
-                if broker.lock("dead-workers", settings.JOBS_WORKER_HEARTBEAT * 0.9):
-                    sweep_dead_workers(broker)
-                if time.monotonic() >= self._next_reap:
-                    self._next_reap = time.monotonic() + settings.JOBS_REAPER_INTERVAL
-                    if broker.lock("reaper", settings.JOBS_REAPER_INTERVAL * 0.9):
-                        reap(broker)
+            if name not in self._brokers:
+                self._brokers[name] = Broker.open(self.app)
+            step(self._brokers[name])
             self.redis.ok()
-            self.database.ok()
+            if name == "check":
+                self.database.ok()
         except connection_errors() as exc:
             self.redis.failed(exc)
-            if self._broker is not None:
-                self._broker.close()
-                self._broker = None
+            broker = self._brokers.pop(name, None)
+            if broker is not None:
+                broker.close()
         except DatabaseError as exc:
             self.database.failed(exc)
         except Exception:
-            log.exception("worker liveness check failed; trying again in %g s", settings.JOBS_WORKER_HEARTBEAT)
+            log.exception("worker liveness (%s) failed; trying again in %g s", name, settings.JOBS_WORKER_HEARTBEAT)
         finally:
-            close_old_connections()
+            if name == "check":
+                close_old_connections()
