@@ -11,6 +11,11 @@ when daphne serves it) makes daphne build its requests from
 - a chunked body is counted as it arrives and refused with 413 at the limit;
 - a body not complete ``HTTP_BODY_TIMEOUT`` seconds after the headers gets 408.
 
+Websockets: a message over daphne's size limit (1 MiB) fails the
+connection. Autobahn's default is to drop the TCP connection without a word
+("fail by drop"); ``install()`` makes it send the close frame first, code
+1009 "message too big" with the reason, so the page knows why.
+
 A refused request never reaches the application. The answer is written
 straight to the connection (JSON under /api/), which is then half-closed:
 what the client still sends is read and dropped for ``LINGER_SECONDS`` so that
@@ -23,7 +28,7 @@ import logging
 from http import HTTPStatus
 from urllib.parse import unquote
 
-from daphne import http_protocol
+from daphne import http_protocol, server, ws_protocol
 from twisted.internet import reactor
 
 from webapp.body_limits import body_timeout, limit_for, refusal, timeout_message, too_large_message
@@ -33,8 +38,15 @@ LINGER_SECONDS = 2.0
 
 
 def install() -> None:
-    """Make daphne's HTTP factory build ``LimitedWebRequest``s (it looks the class up per connection)."""
+    """Make daphne's HTTP factory build ``LimitedWebRequest``s (it looks the class up per connection),
+    and its websocket factory (made when the server starts, after this import) close with a reason."""
     http_protocol.WebRequest = LimitedWebRequest
+    server.WebSocketFactory = ClosingWebSocketFactory
+
+
+class ClosingWebSocketFactory(ws_protocol.WebSocketFactory):
+    def setProtocolOptions(self, **options):
+        super().setProtocolOptions(**{**options, "failByDrop": False})
 
 
 class LimitedWebRequest(http_protocol.WebRequest):

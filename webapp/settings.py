@@ -165,6 +165,14 @@ OWNER_STORAGE_MAX_BYTES = int(env("OWNER_STORAGE_MAX_BYTES", str(500 * 1024 * 10
 JOBS_RETENTION_DAYS = float(env("JOBS_RETENTION_DAYS", "7"))
 # Request bodies above this are refused before they are read (bytes).
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(env("DJANGO_MAX_BODY_BYTES", str(1024 * 1024)))
+# Live predictions (the websocket's predict): running at once per socket (a
+# newer one waiting replaces the one waiting before it: latest wins), per owner
+# over all their sockets (in one web process), and how long one may go
+# unanswered before the page is told "timeout" (a little over the 60 s after
+# which a queued prediction task expires unrun).
+PREDICTIONS_PER_SOCKET = int(env("PREDICTIONS_PER_SOCKET", "1"))
+PREDICTIONS_PER_OWNER = int(env("PREDICTIONS_PER_OWNER", "4"))
+PREDICTION_TIMEOUT_S = float(env("PREDICTION_TIMEOUT_S", "65"))
 # Jobs one owner may have queued or running at once; more get 429 + Retry-After.
 JOBS_MAX_ACTIVE_PER_OWNER = int(env("JOBS_MAX_ACTIVE_PER_OWNER", "20"))
 JOBS_RETRY_AFTER_S = int(env("JOBS_RETRY_AFTER_S", "5"))

@@ -21,6 +21,13 @@ const TITLES = {
   too_large: "The file is too large",
   quota_exceeded: "Your storage is full",
   timeout: "The model took too long",
+  too_many_jobs: "Too many jobs at once",
+  too_many_predictions: "Too many live predictions at once",
+  overloaded: "The servings are busy",
+  queue_unavailable: "The task queue is unreachable",
+  reconnecting: "Reconnecting",
+  lost: "The job was lost",
+  unserved: "No worker serves this",
 };
 
 export class Banner {

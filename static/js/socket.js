@@ -72,7 +72,6 @@ export class JobsSocket {
     }
     this.ws = ws;
     ws.addEventListener("open", () => {
-      this.attempts = 0;
       this.setState("open", "Live");
       this.emit("open", {});
     });
@@ -83,7 +82,15 @@ export class JobsSocket {
       } catch (err) {
         return;
       }
-      if (message && typeof message === "object" && typeof message.type === "string") this.emit(message.type, message);
+      if (!message || typeof message !== "object" || typeof message.type !== "string") return;
+      // The server is really there once it has sent the snapshot: only then is the backoff reset
+      // (during a Redis outage it accepts, says "reconnecting" and closes with 4013).
+      if (message.type === "jobs") this.attempts = 0;
+      if (message.type === "error" && message.code === "reconnecting" && message.request_id == null) {
+        this.setState("connecting", "Reconnecting…");
+        return;
+      }
+      this.emit(message.type, message);
     });
     ws.addEventListener("close", () => {
       if (this.ws !== ws) return;

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from kombu.exceptions import OperationalError
 
 from webapp.outages import connection_errors
@@ -42,7 +44,6 @@ from .execution import error_payload
 
 log = logging.getLogger(__name__)
 SNAPSHOT_JOBS = 20
-IN_FLIGHT_KEPT = 100  # live predictions remembered per socket (an expired one is never answered)
 # Close code "try again later": the RFC's is 1013, but daphne (autobahn) sends only 1000 or 3000-4999.
 TRY_AGAIN_LATER = 4013
 RECONNECTING = {
@@ -62,12 +63,22 @@ def checked_input(owner: owners.Owner, serving, input):
 
 
 class JobsConsumer(AsyncJsonWebsocketConsumer):
-    in_flight: collections.deque | None = None  # request ids of live predictions not answered (from connect on)
+    """Live predictions are latest-wins per socket: at most
+    ``PREDICTIONS_PER_SOCKET`` run at once; a newer ``predict`` waiting for its
+    turn replaces the one waiting before it (answered ``superseded``: the page
+    only shows the newest). An owner has at most ``PREDICTIONS_PER_OWNER``
+    running over all their sockets (in this process); past it a predict is
+    answered ``too_many_predictions``. A prediction with no answer after
+    ``PREDICTION_TIMEOUT_S`` (its worker died, say) is answered ``timeout``.
+    """
+
+    in_flight: dict | None = None  # our token -> the client's request_id, for predictions sent and not answered
     leaving = False  # closing because Redis is away
+    running_by_owner: collections.Counter = collections.Counter()  # over every socket of this process
 
     async def connect(self):
         self.owner = owners.of_scope(self.scope)
-        self.in_flight = collections.deque(maxlen=IN_FLIGHT_KEPT)
+        self.in_flight, self.waiting, self.tokens = {}, None, itertools.count(1)
         if self.owner.known:
             try:
                 await self.channel_layer.group_add(self.owner.group, self.channel_name)
@@ -80,6 +91,8 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "jobs", "jobs": await recent_jobs(self.owner)})
 
     async def disconnect(self, code):
+        self.running_by_owner[self.owner.group] -= len(self.in_flight or ())
+        self.in_flight = {}
         if self.owner.known:
             try:
                 await self.channel_layer.group_discard(self.owner.group, self.channel_name)
@@ -91,8 +104,9 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         if self.leaving:
             return
         self.leaving = True
-        for request_id in self.in_flight:
+        for request_id in self.in_flight.values():
             await self.send_json({**RECONNECTING, "request_id": request_id})
+        self.running_by_owner[self.owner.group] -= len(self.in_flight)
         self.in_flight.clear()
         await self.send_json(RECONNECTING)
         await self.close(code=TRY_AGAIN_LATER)
@@ -115,18 +129,58 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(content, dict) or content.get("type") != "predict":
             await self.refuse("unknown message")
             return
+        if len(self.in_flight) < settings.PREDICTIONS_PER_SOCKET:
+            await self.predict(content)
+            return
+        if self.waiting is not None:  # latest wins: the older one would only be shown to be replaced
+            await self.send_json({"type": "error", "request_id": self.waiting.get("request_id"), "code": "superseded",
+                                  "message": "a newer prediction from this page replaced this one before it ran"})
+        self.waiting = content
+
+    async def predict(self, content: dict):
         request_id = content.get("request_id")
         serving, input = content.get("serving"), content.get("input")
+        if self.running_by_owner[self.owner.group] >= settings.PREDICTIONS_PER_OWNER:
+            await self.send_json({"type": "error", "request_id": request_id, "code": "too_many_predictions",
+                                  "message": f"you have {settings.PREDICTIONS_PER_OWNER} live predictions running "
+                                             "(PREDICTIONS_PER_OWNER, over all your pages); wait for one to answer"})
+            return
+        token = f"{next(self.tokens)}"
+        self.in_flight[token] = request_id  # the place is taken before anything is awaited
+        self.running_by_owner[self.owner.group] += 1
         try:
             input = await checked_input(self.owner, serving, input)
-            await asyncio.to_thread(dispatch.predict, serving, input, self.channel_name, request_id, self.owner.group)
-        except OperationalError:  # the broker (Redis) is away
-            await self.send_json({"type": "error", "request_id": request_id, "code": "queue_unavailable",
-                                  "message": "the site's task queue is unreachable; try again in a moment"})
+            await asyncio.to_thread(dispatch.predict, serving, input, self.channel_name, token, self.owner.group)
         except Exception as exc:
-            await self.send_json({"type": "error", "request_id": request_id, **error_payload(exc)})
+            self.answered(token)
+            error = error_payload(exc) if not isinstance(exc, OperationalError) else {  # the broker is away
+                "code": "queue_unavailable", "message": "the site's task queue is unreachable; try again in a moment"}
+            await self.send_json({"type": "error", "request_id": request_id, **error})
         else:
-            self.in_flight.append(request_id)
+            asyncio.get_running_loop().call_later(
+                settings.PREDICTION_TIMEOUT_S, lambda: asyncio.ensure_future(self.expire(token))
+            )
+
+    def answered(self, token) -> tuple[bool, object]:
+        """Forget ``token``'s prediction; start the waiting one. (Known?, the client's request_id.)"""
+        if token not in (self.in_flight or {}):
+            return False, None
+        request_id = self.in_flight.pop(token)
+        self.running_by_owner[self.owner.group] -= 1
+        return True, request_id
+
+    async def next_waiting(self):
+        if self.waiting is not None and not self.leaving and len(self.in_flight) < settings.PREDICTIONS_PER_SOCKET:
+            content, self.waiting = self.waiting, None
+            await self.predict(content)
+
+    async def expire(self, token):
+        known, request_id = self.answered(token)
+        if known:
+            await self.send_json({"type": "error", "request_id": request_id, "code": "timeout",
+                                  "message": f"no answer within {settings.PREDICTION_TIMEOUT_S:g} s; "
+                                             "the servings are overloaded or restarting. Try again"})
+            await self.next_waiting()
 
     # Channel-layer events, named after their type.
 
@@ -136,17 +190,17 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
     async def job_progress(self, event):
         await self.send_json({**event, "type": "job.progress"})
 
-    def answered(self, request_id) -> None:
-        if request_id in self.in_flight:
-            self.in_flight.remove(request_id)
-
     async def prediction(self, event):
-        self.answered(event.get("request_id"))
-        await self.send_json(event)
+        known, request_id = self.answered(event.get("request_id"))
+        if known:  # an answer after its timeout is not shown twice
+            await self.send_json({**event, "request_id": request_id})
+        await self.next_waiting()
 
     async def prediction_error(self, event):
-        self.answered(event.get("request_id"))
-        await self.send_json({"type": "error", "request_id": event.get("request_id"), **event["error"]})
+        known, request_id = self.answered(event.get("request_id"))
+        if known:
+            await self.send_json({"type": "error", "request_id": request_id, **event["error"]})
+        await self.next_waiting()
 
     async def channel_layer_down(self, event):
         """From ``webapp.redis_layer``: Redis is away, nothing more can reach this socket."""

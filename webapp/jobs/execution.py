@@ -70,7 +70,10 @@ def time_limits(serving: str) -> tuple[float, float]:
 def error_payload(exc: BaseException) -> dict:
     """What people are shown for a failure: a code and a plain message, no traceback."""
     if isinstance(exc, mlservices.ServingError):
-        return {"code": exc.code, "message": str(exc)}
+        payload = {"code": exc.code, "message": str(exc)}
+        if getattr(exc, "retry_after", None):  # Overloaded: when to try again, in seconds
+            payload["retry_after"] = exc.retry_after
+        return payload
     log.error("unexpected error in a serving", exc_info=exc)
     return {"code": "internal_error", "message": f"internal error ({type(exc).__name__}); the site's log has the details"}
 
