@@ -48,6 +48,16 @@ TEXT_FIELD = "text"
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
+def check_unicode(what: str, text: str) -> None:
+    """Refuse a NUL or a lone surrogate: no database stores them, and no model reads them."""
+    if "\x00" in text:
+        raise InvalidInput(f"{what} holds a NUL character (\\u0000); remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} holds a lone surrogate (half of a UTF-16 pair); send valid Unicode") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str
@@ -87,6 +97,7 @@ class Option:
         if self.type is str:
             if not isinstance(value, str):
                 raise InvalidInput(f"{where}: send a string")
+            check_unicode(where, value)
             return value
         if isinstance(value, bool):
             raise InvalidInput(f"{where}: send {wanted}")
@@ -169,6 +180,7 @@ class InputSpec:
     def check_text(self, serving: str, text: Any, max_chars: int | None = None) -> str:
         if not isinstance(text, str):
             raise InvalidInput(f"{serving}: the text is {type(text).__name__}; send a string of text")
+        check_unicode(f"{serving}: the text", text)
         limit = max_chars or self.max_chars
         if limit is not None and len(text) > limit:
             raise InvalidInput(

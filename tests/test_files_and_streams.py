@@ -311,3 +311,15 @@ def test_runtime_stream_yields_progress_then_final_and_astream_the_same():
     finally:
         runtime.close()
         mlservices.registry.unregister("windows-stream")
+
+
+def test_nul_and_lone_surrogates_in_form_fields_and_file_names_never_reach_the_database(toys):
+    """PostgreSQL refuses NUL in text; a lone surrogate cannot be encoded: both are refused or cleaned."""
+    client = Client()
+    refused = client.post("/api/jobs", data={"serving": "files", "flip": "tr\x00ue", "file": named(PNG, "a.png")})
+    assert refused.status_code == 400 and "boolean" in refused.json()["error"]["message"]
+    response = upload(client, PNG, name="we\x00ird\u200bname.png")
+    assert response.status_code == 201, response.content
+    assert response.json()["name"] == "weirdname.png"  # shown only: printable characters kept
+    text = client.post("/api/jobs", data={"serving": "sentiment", "text": "bad \x00 text"})
+    assert text.status_code == 400 and "NUL" in text.json()["error"]["message"]

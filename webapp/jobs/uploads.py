@@ -34,6 +34,12 @@ def stored_bytes(owner) -> int:
     return uploads + files
 
 
+def shown_name(name: str | None) -> str:
+    """The client's file name as it may be shown: printable, valid Unicode, at most 200 characters."""
+    name = (name or "").encode("utf-8", "replace").decode("utf-8")
+    return "".join(c for c in name if c.isprintable())[-200:]
+
+
 def save_upload(owner, serving: str, file) -> Upload:
     """Store an uploaded ``file`` (a Django ``UploadedFile``) for ``serving``, checked first."""
     spec = validation.definition(serving).spec
@@ -54,7 +60,7 @@ def save_upload(owner, serving: str, file) -> Upload:
         )
     file.seek(0)
     upload = owner.stamp(
-        Upload(serving=serving, name=(file.name or "")[-200:], format=format,
+        Upload(serving=serving, name=shown_name(file.name), format=format,
                content_type=CONTENT_TYPES[format], size=file.size)
     )
     upload.file.save("upload", file, save=False)
