@@ -51,11 +51,14 @@ _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 def check_unicode(what: str, text: str) -> None:
     """Refuse a NUL or a lone surrogate: no database stores them, and no model reads them."""
     if "\x00" in text:
-        raise InvalidInput(f"{what} holds a NUL character (\\u0000); remove it")
+        raise InvalidInput(f"{what} holds a NUL character (U+0000) at character {text.index(chr(0)) + 1}; remove it")
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput(f"{what} holds a lone surrogate (half of a UTF-16 pair); send valid Unicode") from None
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start + 1}, "
+            "which is not valid Unicode; send valid UTF-8"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)

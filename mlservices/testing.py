@@ -69,6 +69,9 @@ class Turnstile:
 
 
 class Toy:
+    SPEC = InputSpec()  # any JSON
+    reduce = None  # one item per input: no reduce step
+
     def __init__(self, *, open_gate: bool = True):
         self.gate = threading.Event()
         if open_gate:
@@ -111,6 +114,8 @@ class Toy:
             preprocess=self.preprocess,
             inference=self.inference,
             postprocess=self.postprocess,
+            reduce=self.reduce,
+            spec=self.SPEC,
             **options,
         )
 
@@ -143,18 +148,6 @@ class Windows(Toy):
         outputs = [r["output"] for r in results]
         return {"outputs": outputs, "total": sum(outputs)}
 
-    def serving(self, name: str = "windows", **options) -> Serving:
-        return Serving(
-            name=name,
-            load=self.load,
-            preprocess=self.preprocess,
-            inference=self.inference,
-            postprocess=self.postprocess,
-            reduce=self.reduce,
-            spec=self.SPEC,
-            **options,
-        )
-
 
 class Files(Toy):
     SPEC = InputSpec(
@@ -171,14 +164,3 @@ class Files(Toy):
     def postprocess(self, model, output, context) -> dict:
         data = context["data"][::-1] if context["flip"] else context["data"]
         return {"bytes": len(data), "doubled": output, "copy": Artifact("copy.bin", data)}
-
-    def serving(self, name: str = "files", **options) -> Serving:
-        return Serving(
-            name=name,
-            load=self.load,
-            preprocess=self.preprocess,
-            inference=self.inference,
-            postprocess=self.postprocess,
-            spec=self.SPEC,
-            **options,
-        )

@@ -10,7 +10,6 @@ from django.test import Client
 
 import mlservices
 from tests.live_server import wait_until
-from webapp.jobs import validation
 from webapp.jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,7 +11,6 @@ from django.contrib.sessions.backends.db import SessionStore
 
 import mlservices
 from webapp.asgi import application
-from webapp.jobs import validation
 from webapp.jobs.execution import execute_job
 from webapp.jobs.models import Job
 

@@ -389,10 +389,8 @@ async def test_every_job_ends_when_redis_restarts_empty_under_queued_and_running
                                     what="4 jobs running, 6 queued")
             chaos_redis.kill()
             chaos_redis.start()
-            restarted = time.monotonic()
             let_through(toy_files.gate)
-            jobs = await wait_for_jobs(ids, timeout=60)
-            ended_after = time.monotonic() - restarted
+            jobs = await wait_for_jobs(ids, timeout=60)  # the deadline of "nothing stuck"
     assert {n: (jobs[i].status, jobs[i].result) for n, i in enumerate(ids)} == {
         n: ("done", windows_result(10 * n)) for n in range(10)}
     assert all([p["index"] for p in j.partials] == [0, 1] for j in jobs.values())

@@ -14,7 +14,6 @@ import asyncio
 import json
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.test import Client
 
 import mlservices
