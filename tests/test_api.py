@@ -158,3 +158,24 @@ def test_an_owner_with_20_active_jobs_gets_429_with_retry_after_and_others_do_no
     assert submit(Client(), {"serving": "sentiment", "input": {"text": "someone else"}}).status_code == 201
     Job.objects.filter(session_key=session_key).update(status="done")
     assert submit(client, {"serving": "sentiment", "input": {"text": "now it fits"}}).status_code == 201
+
+
+def test_a_new_web_process_resumes_the_jobs_a_dead_one_left():
+    """In-process mode: jobs queued, or running on a web process that no longer exists, run again."""
+    import os
+
+    from webapp.jobs.dispatch import resume_unfinished
+
+    left = Job.objects.create(serving="sentiment", input={"text": "i love it"}, input_summary="queued", session_key="s")
+    orphan = Job.objects.create(serving="sentiment", input={"text": "so bad"}, input_summary="orphan", session_key="s",
+                                status="running", worker="web:999999999", attempts=1)
+    mine = Job.objects.create(serving="sentiment", input={"text": "mine"}, input_summary="mine", session_key="s",
+                              status="running", worker=f"web:{os.getpid()}", attempts=1)
+    assert resume_unfinished() == 2
+
+    def both_done():
+        return set(Job.objects.filter(pk__in=[left.pk, orphan.pk]).values_list("status", flat=True)) == {"done"}
+
+    wait_until(both_done, timeout=60, what="the resumed jobs to finish")
+    assert Job.objects.get(pk=orphan.pk).attempts == 2
+    assert Job.objects.get(pk=mine.pk).status == "running"  # this process may still be running it

@@ -15,3 +15,9 @@ class JobsConfig(AppConfig):
         # Configuring loads nothing: each serving loads on first use (in-process
         # mode) or when the worker starts (Celery mode).
         mlservices.configure(settings.MLSERVICES)
+        # In-process mode: the first request of a process resumes what a dead one left (dispatch).
+        from django.core.signals import request_started
+
+        from .dispatch import resume_unfinished
+
+        request_started.connect(resume_unfinished, dispatch_uid="resume-unfinished-jobs")

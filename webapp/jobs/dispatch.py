@@ -12,6 +12,7 @@ only the hop in between differs. Nothing else knows the mode.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
@@ -71,6 +72,46 @@ def predict(serving: str, input, reply_channel: str, request_id, owner: str | No
         )
     else:
         _pool("predictions").submit(_closing, execute_prediction, serving, input, reply_channel, request_id, owner)
+
+
+def resume_unfinished(**signal_kwargs) -> int:
+    """In-process mode, once per process, at its first request: run again the jobs an earlier
+    web process left behind (queued, or running on a ``web:<pid>`` that no longer exists on
+    this machine). Running one twice is harmless: ``execute_job`` is idempotent."""
+    from django.core.signals import request_started
+
+    request_started.disconnect(resume_unfinished, dispatch_uid="resume-unfinished-jobs")
+    if distributed():
+        return 0
+    resumed = 0
+    try:
+        for job in Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).only("pk", "status", "worker"):
+            if job.status == Job.Status.RUNNING and _alive(job.worker):
+                continue
+            _pool("jobs").submit(_closing, execute_job, job.pk)
+            resumed += 1
+    except Exception:  # the database is not there yet: nothing to resume
+        log.warning("could not look for unfinished jobs to resume", exc_info=True)
+        return 0
+    if resumed:
+        log.info("resuming %d job(s) an earlier web process left unfinished", resumed)
+    return resumed
+
+
+def _alive(worker: str) -> bool:
+    """Whether ``worker`` (``web:<pid>``, or a Celery worker's name) may still be running it."""
+    kind, _, pid = worker.partition(":")
+    if kind != "web" or not pid.isdigit():
+        return True  # not ours to judge: the workers' liveness checks handle theirs
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _closing(run, *args) -> None:
