@@ -95,7 +95,9 @@ def test_web_and_worker_wait_for_healthy_redis_and_postgres_and_migrations(servi
 
 def test_the_worker_starts_after_the_weights_are_installed(services):
     assert services["worker"]["depends_on"]["models"]["condition"] == "service_completed_successfully"
-    assert command(services["models"])[-2:] == ["download", "sentiment"]
+    script = command(services["models"])[-1]
+    for serving in ("sentiment", "background_removal", "transcription"):
+        assert f"python -m mlservices download {serving}" in script
 
 
 def test_volumes_hold_media_the_model_store_and_the_database(compose, services):
