@@ -69,6 +69,7 @@ class Turnstile:
 
 
 class Toy:
+    NAME = "toy"
     SPEC = InputSpec()  # any JSON
     reduce = None  # one item per input: no reduce step
 
@@ -107,9 +108,9 @@ class Toy:
             raise ValueError("toy: boom in postprocess")
         return {"input": context["input"], "output": output}
 
-    def serving(self, name: str = "toy", **options) -> Serving:
+    def serving(self, name: str | None = None, **options) -> Serving:
         return Serving(
-            name=name,
+            name=name or self.NAME,
             load=self.load,
             preprocess=self.preprocess,
             inference=self.inference,
@@ -121,6 +122,7 @@ class Toy:
 
 
 class Windows(Toy):
+    NAME = "windows"
     SPEC = InputSpec(
         kind="json",
         options=(
@@ -150,6 +152,7 @@ class Windows(Toy):
 
 
 class Files(Toy):
+    NAME = "files"
     SPEC = InputSpec(
         kind="image",
         formats=("png", "jpeg", "gif"),
