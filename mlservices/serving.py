@@ -46,8 +46,10 @@ company), ``parallel_batches=1`` (how many batches run inference at once,
 each on its own thread), ``max_queued=1000`` (most items waiting for a batch
 across all callers; past it a call raises ``Overloaded`` with a
 ``retry_after``), ``warmup=()`` (inputs run once by ``setup``),
-``description=""``, ``validate=None``: a pure function of the input (already
-normalised by the spec), with no model, that returns it normalised or raises
+``description=""``, ``title=""`` (the name people see, e.g. "Transcribe" in
+the site's navigation; empty: the name, humanised), ``validate=None``: a pure
+function of the input (already normalised by the spec), with no model, that
+returns it normalised or raises
 ``InvalidInput``; front ends call ``serving.check(input)`` before they
 enqueue, so bad input is refused at the door, not in the worker.
 """
@@ -90,6 +92,7 @@ class Serving:
     warmup: tuple = ()
     description: str = ""
     validate: Callable[[Any], Any] | None = None
+    title: str = ""
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

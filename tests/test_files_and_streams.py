@@ -323,3 +323,30 @@ def test_nul_and_lone_surrogates_in_form_fields_and_file_names_never_reach_the_d
     assert response.json()["name"] == "weirdname.png"  # shown only: printable characters kept
     text = client.post("/api/jobs", data={"serving": "sentiment", "text": "bad \x00 text"})
     assert text.status_code == 400 and "NUL" in text.json()["error"]["message"]
+
+
+async def test_a_live_upload_serves_one_prediction_and_is_gone_after_it(toys):
+    session = await new_session()
+
+    @sync_to_async
+    def live_upload() -> dict:
+        client = Client()
+        client.cookies["sessionid"] = session
+        response = client.post("/api/uploads", data={"serving": "files", "live": "true", "file": named(PNG, "live.png")})
+        assert response.status_code == 201, response.content
+        as_job = client.post("/api/jobs", data=json.dumps({"serving": "files", "input": {"file": response.json()["id"]}}),
+                             content_type="application/json")
+        assert as_job.status_code == 400 and "live=true" in as_job.json()["error"]["message"]
+        return response.json()
+
+    stored = await live_upload()
+    assert stored["live"] is True
+    page, _ = await connected(session)
+    await page.send_json_to({"type": "predict", "serving": "files", "input": {"file": stored["id"]}, "request_id": 1})
+    answer = await page.receive_json_from(timeout=TIMEOUT)
+    assert (answer["type"], answer["result"]["bytes"]) == ("prediction", len(PNG))
+    assert not await sync_to_async(Upload.objects.filter(pk=stored["id"]).exists)()
+    await page.send_json_to({"type": "predict", "serving": "files", "input": {"file": stored["id"]}, "request_id": 2})
+    again = await page.receive_json_from(timeout=TIMEOUT)
+    assert (again["type"], again["code"]) == ("error", "invalid_input") and "among yours" in again["message"]
+    await page.disconnect()

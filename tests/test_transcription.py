@@ -222,6 +222,12 @@ def test_spec_publishes_formats_limits_and_options():
     assert mlservices.build("transcription").spec.as_json()["limits"] == {"max_bytes": 50_000_000, "max_seconds": 1800}
 
 
+def test_the_page_has_its_own_renderer_and_title():
+    serving = mlservices.build("transcription")
+    assert serving.spec.as_json()["renderer"] == "transcription"  # static/js/renderers/transcription.js
+    assert serving.title == "Transcribe"  # the site's navigation and page heading
+
+
 def test_the_default_model_offline_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MLSERVICES_MODEL_DIR", str(tmp_path))
     monkeypatch.setenv("MLSERVICES_OFFLINE", "1")
@@ -343,8 +349,23 @@ def test_the_language_comes_from_the_first_window_with_sound(tiny):
     quiet_then_loud = np.concatenate([np.zeros(SAMPLE_RATE * 30), speech_like(20.0, [])])
     prepared, fanned = loaded.prepare({"file": wav(quiet_then_loud)})
     assert fanned and [p.item.features is None for p in prepared] == [True, False]
-    detected, _ = transcription.detect_language(loaded.model, prepared[1].item.features)
+    detected, _, encoded = transcription.detect_language(loaded.model, prepared[1].item.features)
     assert [p.item.language for p in prepared] == [detected, detected]
+    # the encoder ran once for that window: the batch takes its output as it is
+    assert prepared[0].item.encoded is None and prepared[1].item.encoded.shape == encoded.shape
+
+
+def test_a_file_of_one_window_has_its_language_detected_in_its_batch(tiny, batches):
+    loaded = tiny.serving("transcription")
+    sound = wav(speech_like(5.0, []))
+    prepared, _ = loaded.prepare({"file": sound})
+    assert [(p.item.language, p.item.encoded) for p in prepared] == [(None, None)]  # nothing run yet
+    batches.seen.clear()
+    events = list(tiny.stream("transcription", {"file": sound}))
+    assert len(batches.seen) == 1  # the detection and the transcription: one pass
+    partial = events[0].partial
+    assert partial["language"] in loaded.model.languages
+    assert events[-1].result["language"] == (partial["language"] if partial["text"] else None)
 
 
 def test_a_given_language_and_task_reach_every_window(tiny):
@@ -384,17 +405,19 @@ def test_windows_in_different_languages_share_one_batch(tiny):
     sound = wav(speech_like(5.0, []))
     items = [loaded.prepare({"file": sound, "language": lang})[0][0].item for lang in ("de", "fr", "ja")]
     outputs = loaded.infer(items)
-    assert len(outputs) == 3 and all(isinstance(tokens, list) and len(tokens) <= 4 for tokens in outputs)
+    assert [d.language for d in outputs] == ["de", "fr", "ja"]
+    assert all(isinstance(d.tokens, list) and len(d.tokens) <= 4 and 0 <= d.no_speech <= 1 for d in outputs)
 
 
-def test_a_generated_sequence_splits_into_prompt_and_tokens(tiny):
-    model = tiny.serving("transcription").model
-    sot, de, transcribe = 50258, 50261, 50359
-    assert transcription.split_sequence(model, [sot, de, transcribe, TB, 1, 2, TB + 9, EOS, EOS]) == (
-        [sot, de, transcribe], [TB, 1, 2, TB + 9],
-    )  # fmt: skip
-    # an unfinished last segment (no closing timestamp) is kept: the window's end closes it
-    assert transcription.split_sequence(model, [sot, de, transcribe, TB, 1, 2]) == ([sot, de, transcribe], [TB, 1, 2])
+def test_int8_quantisation_is_an_option_named_in_the_version(tiny_whisper):
+    runtime = Runtime({"transcription": {"model": str(tiny_whisper), "max_new_tokens": 4, "quantize": "int8"}}, device="cpu")
+    try:
+        result = runtime.batched_run("transcription", {"file": wav(speech_like(5.0, []))})
+        assert result["model"].endswith("+int8") and result["duration"] == 5.0
+    finally:
+        runtime.close()
+    with pytest.raises(InvalidInput, match="quantize='int4'; use 'int8'"):
+        mlservices.build("transcription", quantize="int4")
 
 
 @pytest.fixture(scope="module")

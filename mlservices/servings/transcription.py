@@ -20,7 +20,8 @@ and the final result is::
 
 Request options: ``language`` (ISO 639-1 code such as ``en``; empty: detected
 once per file, on its first window with speech, and used for every window so
-all windows agree), ``task`` (``transcribe``, or ``translate`` into English),
+all windows agree; a file of one window is detected in its batch, from the
+same encoder pass that transcribes it), ``task`` (``transcribe``, or ``translate`` into English),
 ``timestamps`` (default true: segments at Whisper's timestamps; false: one
 segment per window).
 
@@ -42,6 +43,8 @@ Options (``build("transcription", ...)`` or settings) and defaults:
   longest recording accepted;
 - ``max_new_tokens``: tokens generated per window (default: the model's limit;
   tests set a few);
+- ``quantize``: ``"int8"`` runs the linear layers in int8 on the CPU (PyTorch's
+  dynamic quantisation; the version gets ``+int8``); default ``""``, float32;
 - ``batch_size`` (8) and ``batch_timeout_ms`` (5): the batcher's.
 """
 
@@ -52,7 +55,7 @@ import re
 
 import numpy as np
 
-from .. import audio, transcripts
+from .. import audio, transcripts, whisper_decoding
 from ..artifacts import Artifact
 from ..errors import InvalidInput
 from ..model_store import ModelSource, locate
@@ -76,6 +79,7 @@ NO_SPEECH_THRESHOLD = 0.6  # OpenAI's transcribe(): skip a window when P(no spee
 LOGPROB_THRESHOLD = -1.0  # ... and the average log-probability of its tokens is below this
 DETECTION_WINDOWS = 3  # windows tried, at most, to find the language of a recording
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}$")
+QUANTIZATIONS = ("", "int8")
 
 
 @dataclasses.dataclass
@@ -87,12 +91,13 @@ class WhisperModel:
     version: str
     max_seconds: float
     max_new_tokens: int | None
-    languages: dict[str, int]  # ISO code -> language token id (empty for English-only models)
-    sot: int
-    eos: int
-    no_speech: int
-    timestamp_begin: int
+    rules: whisper_decoding.Rules  # the checkpoint's token ids and decoding rules
     time_precision: float
+
+    @property
+    def languages(self) -> dict[str, int]:
+        """ISO code -> language token id (empty for English-only models)."""
+        return self.rules.languages
 
     @property
     def multilingual(self) -> bool:
@@ -104,13 +109,17 @@ class Window:
     """One batch item: a window's log-mel features (None: silent, skips the model) and its prompt.
 
     Windows share a batch only when their batch key, ``(task, timestamps)``,
-    is equal; their languages may differ (Whisper takes one per window).
+    is equal; their languages may differ (Whisper takes one per window). A
+    language of None is detected in the batch, from the window itself.
+    ``encoded`` is the encoder's output when preprocess computed it already
+    (to detect the language of the file), so the batch does not compute it again.
     """
 
     features: np.ndarray | None
     language: str | None
     task: str
     timestamps: bool
+    encoded: object = None
 
 
 def checked(input: dict) -> dict:
@@ -134,21 +143,17 @@ def preprocess(model: WhisperModel, input: dict) -> list[Prepared]:
     loud = [audio.loudness_db(piece) >= SILENCE_DB for piece in pieces]
     features = iter(_features(model, [p for p, keep in zip(pieces, loud) if keep]))
     windows = [next(features) if keep else None for keep in loud]
+    encoded: dict[int, object] = {}
     if not model.multilingual:
         language = "en"
-    elif not language:
-        language = file_language(model, windows)
+    elif not language and len(windows) > 1:
+        language, encoded = file_language(model, windows)
+    language = language or None  # a file of one window: detected in its batch
     rate = audio.SAMPLE_RATE
     return [
         Prepared(
-            item=Window(window, language, task, timestamps),
-            context={
-                "index": i,
-                "start": round(a / rate, 3),
-                "end": round(b / rate, 3),
-                "language": language,
-                "task": task,
-            },
+            item=Window(window, language, task, timestamps, encoded.get(i)),
+            context={"index": i, "start": round(a / rate, 3), "end": round(b / rate, 3), "task": task},
             key=(task, timestamps),  # all windows are padded to 30 s: only the prompt differs
         )
         for i, ((a, b), window) in enumerate(zip(cuts, windows))
@@ -177,8 +182,9 @@ def _features(model: WhisperModel, pieces: list[np.ndarray]) -> list[np.ndarray]
     return list(extracted["input_features"].astype(np.float32))
 
 
-def detect_language(model: WhisperModel, features: np.ndarray) -> tuple[str, float]:
-    """The language spoken in one window (ISO code) and the probability that it holds no speech.
+def detect_language(model: WhisperModel, features: np.ndarray) -> tuple[str, float, object]:
+    """The language spoken in one window (ISO code), the probability that it holds no
+    speech, and the window's encoder output (for the batch to reuse).
 
     One encoder pass and one decoder step: the logits after
     ``<|startoftranscript|>``, over the language tokens for the language and
@@ -187,100 +193,75 @@ def detect_language(model: WhisperModel, features: np.ndarray) -> tuple[str, flo
     import torch
 
     batch = torch.from_numpy(features[None]).to(model.device, model.dtype)
-    start = torch.full((1, 1), model.sot, device=model.device)
     with torch.inference_mode():
-        logits = model.network(input_features=batch, decoder_input_ids=start).logits[0, -1].float()
-    codes = list(model.languages)
-    best = int(logits[[model.languages[c] for c in codes]].argmax())
-    return codes[best], float(logits.softmax(dim=-1)[model.no_speech])
+        hidden = whisper_decoding.encode(model.network, batch)
+        no_speech, languages, _, _ = whisper_decoding.listen(model.network, hidden, model.rules)
+    return languages[0], no_speech[0], hidden[0]
 
 
-def file_language(model: WhisperModel, windows: list[np.ndarray | None]) -> str | None:
-    """The language of a recording: that of its first window with speech.
+def file_language(model: WhisperModel, windows: list[np.ndarray | None]) -> tuple[str | None, dict[int, object]]:
+    """The language of a recording: that of its first window with speech; and the
+    encoder outputs computed on the way, by window index.
 
     Windows are tried in order (silent ones skipped), at most
     ``DETECTION_WINDOWS`` of them, so that a musical intro does not decide the
     language of the talk after it; if none of them holds speech the first
     one's guess is kept (its windows will most likely be judged silent too).
     """
-    guesses = []
-    for features in (f for f in windows if f is not None):
-        language, no_speech = detect_language(model, features)
+    guesses, encoded = [], {}
+    for i, features in ((i, f) for i, f in enumerate(windows) if f is not None):
+        language, no_speech, encoded[i] = detect_language(model, features)
         if no_speech <= NO_SPEECH_THRESHOLD:
-            return language
+            return language, encoded
         guesses.append(language)
         if len(guesses) == DETECTION_WINDOWS:
             break
-    return guesses[0] if guesses else None
+    return (guesses[0] if guesses else None), encoded
 
 
-def inference(model: WhisperModel, items: list[Window]) -> list[list[int]]:
-    """The generated tokens of each window (none for silence): one batched encoder pass, one ``generate``."""
+def inference(model: WhisperModel, items: list[Window]) -> list[whisper_decoding.Decoded]:
+    """Each window decoded (no tokens for silence): one batched encoder pass for the windows
+    not encoded yet, then one greedy decoding of the batch (``mlservices.whisper_decoding``)."""
     import torch
-    from transformers.modeling_outputs import BaseModelOutput
 
-    outputs: list[list[int]] = [[] for _ in items]
+    outputs = [whisper_decoding.Decoded([], item.language, 1.0, 0.0) for item in items]
     active = [i for i, item in enumerate(items) if item.features is not None]
     if not active:
         return outputs
     first = items[active[0]]  # one batch key: every window shares the task and timestamps
-    network = model.network
-    features = torch.from_numpy(np.stack([items[i].features for i in active])).to(model.device, model.dtype)
     with torch.inference_mode():
-        encoded = BaseModelOutput(last_hidden_state=network.get_encoder()(features).last_hidden_state)
-        start = torch.full((len(active), 1), model.sot, device=model.device)
-        logits = network(encoder_outputs=encoded, decoder_input_ids=start).logits[:, -1].float()
-        no_speech = logits.softmax(dim=-1)[:, model.no_speech].tolist()
-        # One decoding pass per window, every token kept: transformers' long-form loop would
-        # drop a window's unfinished last segment and decode again from its last timestamp,
-        # but a window cut at a quiet point ends where its speech ends.
-        sequences = network.generate(
-            encoder_outputs=encoded,
-            language=[items[i].language for i in active] if model.multilingual else None,
-            task=first.task if model.multilingual else None,
-            return_timestamps=first.timestamps,
+        fresh = [i for i in active if items[i].encoded is None]
+        hidden = dict(zip(fresh, _encode(model, [items[i].features for i in fresh])))
+        decoded = whisper_decoding.greedy(
+            model.network,
+            torch.stack([items[i].encoded if i not in hidden else hidden[i] for i in active]),
+            model.rules,
+            languages=[items[i].language for i in active],
+            task=first.task,
+            timestamps=first.timestamps,
             max_new_tokens=model.max_new_tokens,
-            force_unique_generate_call=True,
-            return_dict_in_generate=True,
-        ).sequences
-        for row, i in enumerate(active):
-            prompt, tokens = split_sequence(model, sequences[row].tolist())
-            silent = no_speech[row] > NO_SPEECH_THRESHOLD and (
-                average_logprob(model, encoded.last_hidden_state[row : row + 1], prompt, tokens) < LOGPROB_THRESHOLD
-            )
-            outputs[i] = [] if silent else tokens
+        )
+    for i, window in zip(active, decoded):
+        silent = window.no_speech > NO_SPEECH_THRESHOLD and window.avg_logprob < LOGPROB_THRESHOLD
+        outputs[i] = dataclasses.replace(window, tokens=[]) if silent else window
     return outputs
 
 
-def split_sequence(model: WhisperModel, sequence: list[int]) -> tuple[list[int], list[int]]:
-    """The prompt (``<|startoftranscript|><|de|><|transcribe|>``...) and the generated tokens
-    before the end of text, of one sequence ``generate`` returned."""
-    end = sequence.index(model.eos) if model.eos in sequence else len(sequence)
-    start = 0
-    while start < end and model.eos < sequence[start] < model.timestamp_begin:
-        start += 1
-    return sequence[:start], sequence[start:end]
-
-
-def average_logprob(model: WhisperModel, hidden, prompt: list[int], tokens: list[int]) -> float:
-    """Mean log-probability of ``tokens`` and the end of text after them (one teacher-forced
-    decoder pass), given one window's encoder output ``hidden`` of shape ``(1, frames, width)``."""
+def _encode(model: WhisperModel, features: list[np.ndarray]) -> list:
     import torch
-    from transformers.modeling_outputs import BaseModelOutput
 
-    ids = torch.tensor([prompt + tokens], device=model.device)
-    encoded = BaseModelOutput(last_hidden_state=hidden)
-    logits = model.network(encoder_outputs=encoded, decoder_input_ids=ids).logits[0, len(prompt) - 1 :].float()
-    targets = torch.tensor(tokens + [model.eos], device=model.device)
-    return float(logits.log_softmax(dim=-1).gather(1, targets[:, None]).mean())
+    if not features:
+        return []
+    return list(whisper_decoding.encode(model.network, torch.from_numpy(np.stack(features)).to(model.device, model.dtype)))
 
 
-def postprocess(model: WhisperModel, tokens: list[int], context: dict) -> dict:
+def postprocess(model: WhisperModel, decoded: whisper_decoding.Decoded, context: dict) -> dict:
     """One window's partial result: its text and segments, with times from the recording's start."""
+    language = decoded.language
     segments = transcripts.segments_from_tokens(
-        tokens,
-        timestamp_begin=model.timestamp_begin,
-        eos=model.eos,
+        decoded.tokens,
+        timestamp_begin=model.rules.timestamp_begin,
+        eos=model.rules.eos,
         decode=lambda ids: model.processor.tokenizer.decode(ids, skip_special_tokens=True),
         offset=context["start"],
         end=context["end"],
@@ -290,9 +271,9 @@ def postprocess(model: WhisperModel, tokens: list[int], context: dict) -> dict:
         "index": context["index"],
         "start": context["start"],
         "end": context["end"],
-        "language": context["language"],
+        "language": language,
         "task": context["task"],
-        "text": transcripts.join_texts([s["text"] for s in segments], context["language"]),
+        "text": transcripts.join_texts([s["text"] for s in segments], language),
         "segments": segments,
     }
 
@@ -316,6 +297,23 @@ def reduce(model: WhisperModel, windows: list[dict]) -> dict:
     }
 
 
+def _quantized(network, device: str):
+    """``network`` with its linear layers in int8 (weights ahead of time, activations
+    per call: PyTorch's dynamic quantisation), in place. CPU only."""
+    import warnings
+
+    import torch
+
+    if device != "cpu":
+        raise InvalidInput(f"{NAME}: quantize='int8' is for the CPU; on {device} the model runs in float16")
+    with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        # one scale per output channel, as CTranslate2 does: per-tensor scales lose words
+        return quantize_dynamic(network, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+
+
 @register(NAME)
 def transcription(
     model: str = DEFAULT_MODEL,
@@ -325,7 +323,12 @@ def transcription(
     max_bytes: int = 50_000_000,
     max_seconds: float = 1800.0,
     max_new_tokens: int | None = None,
+    quantize: str = "",
 ) -> Serving:
+    if quantize not in QUANTIZATIONS:
+        raise InvalidInput(
+            f"{NAME}: quantize={quantize!r}; use 'int8' (linear layers in int8 on the CPU) or '' (none)"
+        )
     if model == DEFAULT_MODEL and revision is None:
         revision, sha256 = DEFAULT_REVISION, sha256 or DEFAULT_SHA256
     source = ModelSource(model, revision=revision, sha256=sha256, install_hint=INSTALL_HINT)
@@ -343,27 +346,25 @@ def transcription(
             located.path, dtype=dtype, use_safetensors=True, trust_remote_code=False
         )
         network.to(device).eval()
+        version = located.version
+        if quantize:
+            network, version = _quantized(network, device), f"{version}+{quantize}"
         generation = network.generation_config
         if getattr(generation, "no_timestamps_token_id", None) is None:
             raise InvalidInput(
                 f"{NAME}: {located.path} has no Whisper generation_config.json (no_timestamps_token_id); "
                 "add the one of the checkpoint it was trained from"
             )
-        multilingual = bool(getattr(generation, "is_multilingual", False) and getattr(generation, "lang_to_id", None))
         extractor = processor.feature_extractor
         return WhisperModel(
             processor=processor,
             network=network,
             device=device,
             dtype=dtype,
-            version=located.version,
+            version=version,
             max_seconds=max_seconds,
             max_new_tokens=max_new_tokens,
-            languages={t.strip("<|>"): i for t, i in generation.lang_to_id.items()} if multilingual else {},
-            sot=generation.decoder_start_token_id,
-            eos=generation.eos_token_id,
-            no_speech=generation.no_timestamps_token_id - 1,  # <|nospeech|> (<|nocaptions|>)
-            timestamp_begin=generation.no_timestamps_token_id + 1,
+            rules=whisper_decoding.Rules.of(generation, network.config, device),
             time_precision=2 * extractor.hop_length / extractor.sampling_rate,
         )
 
@@ -377,6 +378,7 @@ def transcription(
         batch_size=8,
         batch_timeout_ms=5.0,
         description="Speech to text with Whisper: transcript, timed segments, SRT/VTT subtitles.",
+        title="Transcribe",
         spec=InputSpec(
             kind="audio",
             renderer="transcription",

@@ -108,12 +108,15 @@ def _create(owner, serving: str, input, upload) -> JsonResponse:
 
 @require_POST
 def upload(request):
-    """``serving`` and ``file`` (multipart): store the file for later jobs and predictions."""
+    """``serving`` and ``file`` (multipart): store the file for later jobs and predictions.
+    ``live=true``: for one live prediction; deleted once that is answered (e.g. the audio
+    recorded so far, sent every few seconds while recording)."""
     if request.content_type != MULTIPART:
         return error(415, "unsupported_media_type", "send the file as multipart/form-data (fields 'serving' and 'file')")
     owner = owners.of_request(request, create_session=True)
     try:
-        stored = uploads.save_upload(owner, request.POST.get("serving", ""), _uploaded_file(request))
+        live = request.POST.get("live", "false").lower() in ("1", "true", "yes", "on")
+        stored = uploads.save_upload(owner, request.POST.get("serving", ""), _uploaded_file(request), live=live)
     except mlservices.ServingError as exc:
         return serving_error(exc)
     return JsonResponse(stored.as_json(), status=201)

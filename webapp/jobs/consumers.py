@@ -59,7 +59,7 @@ def recent_jobs(owner: owners.Owner) -> list[dict]:
 
 @database_sync_to_async
 def checked_input(owner: owners.Owner, serving, input):
-    return validation.check(owner, serving, input)[0]
+    return validation.check(owner, serving, input, live=True)[0]
 
 
 class JobsConsumer(AsyncJsonWebsocketConsumer):

@@ -201,7 +201,7 @@ def execute_prediction(
 ) -> dict:
     """A live prediction: nothing is saved; the answer goes to ``reply_channel``."""
     try:
-        resolved = uploads.resolve(serving, input)
+        resolved = uploads.resolve(serving, input, consume_live=True)
         for event in run_stream(serving, resolved, runtime, guard, what="a live prediction", owner=owner):
             if isinstance(event, mlservices.Final):
                 result = uploads.described(event.result)

@@ -43,11 +43,13 @@ class Upload(Owned):
     format = models.CharField(max_length=16)  # sniffed from the bytes (mlservices.formats)
     content_type = models.CharField(max_length=100)
     size = models.PositiveBigIntegerField()
+    live = models.BooleanField(default=False)  # for one live prediction only: deleted once it is answered
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     def as_json(self) -> dict:
         return {
             "id": str(self.id),
+            "live": self.live,
             "serving": self.serving,
             "name": self.name,
             "size": self.size,

@@ -40,8 +40,9 @@ def shown_name(name: str | None) -> str:
     return "".join(c for c in name if c.isprintable())[-200:]
 
 
-def save_upload(owner, serving: str, file) -> Upload:
-    """Store an uploaded ``file`` (a Django ``UploadedFile``) for ``serving``, checked first."""
+def save_upload(owner, serving: str, file, live: bool = False) -> Upload:
+    """Store an uploaded ``file`` (a Django ``UploadedFile``) for ``serving``, checked first.
+    A ``live`` upload serves one live prediction and is deleted once that is answered."""
     spec = validation.definition(serving).spec
     if not spec.is_file:
         raise mlservices.InvalidInput(f"{serving} takes {spec.kind}, not a file; send it as JSON")
@@ -61,22 +62,27 @@ def save_upload(owner, serving: str, file) -> Upload:
     file.seek(0)
     upload = owner.stamp(
         Upload(serving=serving, name=shown_name(file.name), format=format,
-               content_type=CONTENT_TYPES[format], size=file.size)
+               content_type=CONTENT_TYPES[format], size=file.size, live=live)
     )
     upload.file.save("upload", file, save=False)
     upload.save()
     return upload
 
 
-def resolve(serving: str, input, upload_id=None):
-    """The input as the serving takes it: an upload reference replaced by the file's bytes."""
+def resolve(serving: str, input, *, consume_live: bool = False):
+    """The input as the serving takes it: an upload reference replaced by the file's bytes.
+    With ``consume_live`` (a live prediction), a live upload is deleted once read."""
     if not validation.definition(serving).spec.is_file:
         return input
     upload = Upload.objects.filter(pk=input[FILE_FIELD]).first()
     if upload is None:
         raise mlservices.InvalidInput(f"{serving}: the uploaded file is gone (deleted or expired); upload it again")
     with upload.file.open("rb") as f:
-        return {**input, FILE_FIELD: f.read()}
+        data = f.read()
+    if consume_live and upload.live:
+        upload.file.delete(save=False)
+        upload.delete()
+    return {**input, FILE_FIELD: data}
 
 
 def write_artifacts(job: Job, result) -> tuple[list[JobFile], object]:

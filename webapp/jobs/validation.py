@@ -6,7 +6,7 @@ in both modes.
 
 - ``spec_json(name)``: the spec as clients see it (``GET /api/servings``, the
   page), with the site's effective limits.
-- ``check(owner, name, input) -> (input, upload)``: the input in its canonical
+- ``check(owner, name, input, live=False) -> (input, upload)``: the input in its canonical
   form, ready to be stored on a job. Text is bounded by ``max_chars``; a file
   serving's input names an upload of the same owner (``{"file": "<upload
   id>", ...options}``) whose sniffed format and size the spec accepts;
@@ -51,11 +51,12 @@ def spec_json(name: str) -> dict:
     return {**definition(name).spec.as_json(), "limits": limits(name)}
 
 
-def check(owner, name: str, input) -> tuple[object, Upload | None]:
+def check(owner, name: str, input, *, live: bool = False) -> tuple[object, Upload | None]:
+    """``live``: for a live prediction (which may use a live upload), not a job."""
     serving = definition(name)
     spec = serving.spec
     if spec.is_file:
-        return _check_file_input(owner, serving, input)
+        return _check_file_input(owner, serving, input, live)
     if spec.kind == "text":
         text = input.get("text") if isinstance(input, dict) else input
         if isinstance(text, str):  # the site's limit; the spec reports other mistakes
@@ -63,7 +64,7 @@ def check(owner, name: str, input) -> tuple[object, Upload | None]:
     return serving.check(input), None
 
 
-def _check_file_input(owner, serving: mlservices.Serving, input) -> tuple[dict, Upload]:
+def _check_file_input(owner, serving: mlservices.Serving, input, live: bool) -> tuple[dict, Upload]:
     name, spec = serving.name, serving.spec
     if not isinstance(input, dict) or not isinstance(input.get(FILE_FIELD), str):
         raise mlservices.InvalidInput(
@@ -71,6 +72,11 @@ def _check_file_input(owner, serving: mlservices.Serving, input) -> tuple[dict, 
             "(POST /api/uploads), or send the job as multipart/form-data with the file"
         )
     upload = find_upload(owner, input[FILE_FIELD])
+    if upload.live and not live:
+        raise mlservices.InvalidInput(
+            f"upload {upload.pk} was sent for one live prediction (live=true) and is deleted after it; "
+            "upload the file again without live=true to make a job of it"
+        )
     spec.check_format(name, upload.format)
     max_bytes = limits(name)["max_bytes"]
     if upload.size > max_bytes:

@@ -13,10 +13,17 @@ import { h, sizeText } from "../dom.js";
 import { postForm, postJson } from "../http.js";
 import { UploadWidget } from "../upload.js";
 
-const LIVE_EVERY_MS = 3000; // how often the audio recorded so far is transcribed live
-const LIVE_FIRST_MS = 2000; // the first live request, once there is something to hear
+const LIVE_EVERY_MS = 3000; // how often the audio recorded so far is transcribed live ...
+const LIVE_EVERY_FRACTION = 0.1; // ... or every tenth of the time recorded, when that is longer:
+// each request sends the whole recording again, so spacing them out as it grows keeps
+// the uploads' bytes and the server's work per minute of recording bounded.
 const LIVE_GIVE_UP_MS = 60000; // a live answer this late is taken as lost (a new request may go)
+const LIVE_DETECTED_AFTER_S = 5; // a language detected on this much speech is kept for the later live requests
 const CHUNK_MS = 1000; // MediaRecorder timeslice: how fresh "the audio so far" is
+// The microphone as it is: the browser's voice-call processing (echo cancellation, noise
+// suppression, gain control) leaves artefacts Whisper was not trained on.
+const AUDIO_CONSTRAINTS = { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false };
+const BITS_PER_SECOND = 32000; // Opus at 32 kb/s: more than Whisper hears (16 kHz mono)
 // The codes Whisper knows (multilingual checkpoints); the server refuses others with its list.
 const LANGUAGES = (
   "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu haw ha he hi hr ht hu hy id " +
@@ -188,7 +195,7 @@ function optionsPanel(spec) {
   language.value = (properties.language && properties.language.default) || "";
   const tasks = (properties.task && properties.task.enum) || ["transcribe", "translate"];
   const taskDefault = (properties.task && properties.task.default) || "transcribe";
-  const taskLabels = { transcribe: "Transcribe", translate: "Translate to English" };
+  const taskLabels = { transcribe: "Transcribe", translate: "Translate" };
   const radios = tasks.map((task) => h("input", { type: "radio", name: "task", value: task, id: `tr-task-${task}`, "data-testid": `option-task-${task}` }));
   for (const radio of radios) radio.checked = radio.value === taskDefault;
   const timestamps = h("input", { type: "checkbox", id: "tr-timestamps", name: "timestamps", "data-testid": "option-timestamps" });
@@ -206,7 +213,7 @@ function optionsPanel(spec) {
         h("span", { class: "option-label", id: "tr-task-label", text: "Task" }),
         h("div", { class: "segmented", role: "radiogroup", "aria-labelledby": "tr-task-label" },
           radios.map((radio) => h("label", { for: radio.id }, [radio, h("span", { text: taskLabels[radio.value] || radio.value })]))),
-        h("p", { class: "help", text: "Translate: English text from any language." }),
+        h("p", { class: "help", text: "Translate: English text from speech in any language." }),
       ]),
       h("div", { class: "option option-check" }, [
         h("label", { class: "check", for: "tr-timestamps" }, [timestamps, h("span", { text: "Timed segments" })]),
@@ -368,7 +375,8 @@ export function mount(container, { serving, spec, socket, jobs, banner, api }) {
     if (maxBytes && blob.size > maxBytes) return;
     liveRequest = -1; // an upload is on its way: no second one meanwhile
     liveSentAt = performance.now();
-    const answer = await postForm(api.uploads, { serving, file: new File([blob], `live.${kind.ext}`, { type: blob.type }) });
+    // live: deleted on the server once its prediction is answered (nothing piles up while recording)
+    const answer = await postForm(api.uploads, { serving, live: "true", file: new File([blob], `live.${kind.ext}`, { type: blob.type }) });
     if (session !== s) {
       liveRequest = 0;
       return;
@@ -382,13 +390,14 @@ export function mount(container, { serving, spec, socket, jobs, banner, api }) {
     liveRequest = id;
     liveSentAt = performance.now();
     rec.live.dataset.requestId = String(id);
-    if (!socket.send({ type: "predict", serving, input: { file: answer.body.id, ...options.values() }, request_id: id })) {
+    const input = { file: answer.body.id, ...options.values() };
+    if (!input.language && s.language) input.language = s.language; // detected once, not on every request
+    if (!socket.send({ type: "predict", serving, input, request_id: id })) {
       liveRequest = 0;
       setLive("waiting", "Waiting for the connection…");
       return;
     }
-    setLive("transcribing", `Transcribing the first ${clock(seconds)}…`);
-    rec.live.dataset.seconds = seconds.toFixed(1);
+    setLive("transcribing", `Transcribing the first ${Math.round(seconds)} s…`);
   }
 
   socket.on("prediction", (message) => {
@@ -396,9 +405,10 @@ export function mount(container, { serving, spec, socket, jobs, banner, api }) {
     liveRequest = 0;
     if (!session) return;
     const result = message.result || {};
-    const covered = clock(Number(result.duration) || Number(rec.live.dataset.seconds) || 0);
-    if (result.no_speech || !result.text) setLive("listening", `Nothing heard yet · first ${covered}`, "");
-    else setLive("listening", `${languageName(result.language)} · first ${covered}`, result.text);
+    const covered = `first ${Math.round(Number(result.duration) || 0)} s`;
+    if (result.text && result.language && Number(result.duration) >= LIVE_DETECTED_AFTER_S) session.language = result.language;
+    if (result.no_speech || !result.text) setLive("listening", `Nothing heard yet · ${covered}`, "");
+    else setLive("listening", `${languageName(result.language)} · ${covered}`, result.text);
   });
   socket.on("error", (message) => {
     if (!message.request_id || message.request_id !== liveRequest) return;
@@ -415,6 +425,12 @@ export function mount(container, { serving, spec, socket, jobs, banner, api }) {
     rec.time.textContent = clock(seconds);
     if (maxSeconds && seconds >= maxSeconds - 1) {
       stop(`The recording reached the limit of ${clock(maxSeconds)}; it was stopped and saved.`);
+      return;
+    }
+    const every = Math.max(LIVE_EVERY_MS, seconds * 1000 * LIVE_EVERY_FRACTION);
+    if (performance.now() - s.liveAt >= every && !inFlight()) {
+      s.liveAt = performance.now();
+      sendLive(s);
     }
   }
 
@@ -450,15 +466,21 @@ export function mount(container, { serving, spec, socket, jobs, banner, api }) {
     rec.status.textContent = "Asking for the microphone…";
     let stream;
     try {
-      stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+      stream = await navigator.mediaDevices.getUserMedia({ audio: AUDIO_CONSTRAINTS });
     } catch (err) {
       rec.button.disabled = false;
       rec.status.textContent = microphoneProblem(err);
       rec.element.dataset.state = "refused";
       return;
     }
-    const recorder = new MediaRecorder(stream, kind.type ? { mimeType: kind.type } : undefined);
-    const s = { recorder, stream, chunks: [], started: performance.now(), timers: [] };
+    let recorder;
+    try {
+      recorder = new MediaRecorder(stream, { mimeType: kind.type || undefined, audioBitsPerSecond: BITS_PER_SECOND });
+    } catch (err) {
+      recorder = new MediaRecorder(stream);
+    }
+    const now = performance.now();
+    const s = { recorder, stream, chunks: [], started: now, liveAt: now, timers: [] };
     session = s;
     liveRequest = 0;
     recorder.addEventListener("dataavailable", (event) => {
@@ -468,10 +490,6 @@ export function mount(container, { serving, spec, socket, jobs, banner, api }) {
     recorder.start(CHUNK_MS);
     meter(s, stream);
     s.timers.push(setInterval(() => tick(s), 250));
-    s.timers.push(setTimeout(() => {
-      sendLive(s);
-      s.timers.push(setInterval(() => sendLive(s), LIVE_EVERY_MS));
-    }, LIVE_FIRST_MS));
     rec.element.dataset.state = "recording";
     rec.button.disabled = false;
     rec.button.setAttribute("aria-pressed", "true");
