@@ -16,7 +16,7 @@ export SENTIMENT_MODEL ?= $(SHARED_SENTIMENT)
 export BACKGROUND_REMOVAL_MODEL ?= $(SHARED_U2NETP)
 export TRANSCRIPTION_MODEL ?= $(SHARED_WHISPER)
 
-.PHONY: install run test stack worker bench migrate clean
+.PHONY: install run test stack worker bench bench-bg bench-transcription migrate clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,15 @@ worker: install
 # Options: BENCH_ARGS='--budget 4 --inputs long', see --help.
 bench: install
 	$(PY) -m bench.sentiment $(BENCH_ARGS)
+
+# Background removal and transcription, beside rembg / faster-whisper and the
+# Hugging Face pipeline (bench/README.md); those come from the `bench` extra.
+bench-bg bench-transcription: install
+	$(PY) -m pip install -q -e '.[bench]'
+bench-bg:
+	$(PY) -m bench.background_removal $(BENCH_ARGS)
+bench-transcription:
+	$(PY) -m bench.transcription $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles

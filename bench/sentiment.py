@@ -33,19 +33,12 @@ after ``--warmup`` seconds), so a run takes a few minutes whatever the machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import concurrent.futures
 import contextlib
-import dataclasses
-import itertools
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,15 +47,39 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/sentiment.py` puts bench/ first, not the root
     sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared"
+from bench.harness import (  # noqa: E402 - after the sys.path fix above
+    BUSY_FOREIGN_CORES,
+    SHARED,
+    BenchError,
+    CpuMonitor,
+    Quiet,
+    Worker,
+    busy_note,
+    closed_loop,
+    cpu_ms_per_item,
+    cpu_ms_per_item_by_process,
+    fmt_ms,
+    foreign,
+    least_disturbed,
+    machine_info,
+    mean_batch,
+    ms_per_item,
+    percentile,  # noqa: F401 - part of this module's interface (tests)
+    ratio,
+    redis_db,
+    rounded,
+    say,
+    table,
+    warn,
+    warn_if_busy,
+    write_json,
+)
+
 DEFAULT_MODEL = SHARED / "models" / "sentiment-minilm-sst2"
 DEFAULT_DATA = SHARED / "data" / "text" / "sst2_dev.tsv"
-RESULTS = ROOT / "bench" / "results"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 SERVING = "sentiment"
-QUEUE = "sentiment"
-TASK = "jobs.predict"
-ANSWER_TIMEOUT = 120  # seconds a client waits for one answer of the running worker
+WARMUP_TEXT = "The worker is warming up."
 
 RECORD_KEYS = (
     "input",
@@ -75,22 +92,6 @@ RECORD_KEYS = (
     "worker_p99_ms",
 )
 TARGET = {"input": "long", "concurrency": 32, "worker_over_raw": 0.85}
-BUSY_FOREIGN_CORES = 0.15  # other processes using more than this (in cores) during a measurement
-BUSY_LOAD_PER_CORE = 0.5  # load average per core, before the run, above which we warn
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def warn(message: str, warnings: list[str] | None = None) -> None:
-    print(f"WARNING: {message}", file=sys.stderr, flush=True)
-    if warnings is not None:
-        warnings.append(message)
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 # --- inputs ------------------------------------------------------------------
@@ -143,214 +144,6 @@ def load_inputs(data: Path, tokenizer, kinds: Sequence[str], long_tokens: int) -
     return {kind: makers[kind]() for kind in kinds}
 
 
-# --- CPU accounting: is someone else using the machine? ------------------------
-
-
-def _proc_cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime + stime, all threads
-
-
-def _system_ticks() -> tuple[int, int]:
-    """(busy, steal) ticks of all CPUs since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
-    return user + nice + system + irq + softirq, steal
-
-
-class CpuMonitor:
-    """CPU used during a window by our processes (``processes()``: name -> pid
-    of the bench, the worker, Redis) and by everything else, in cores. Others
-    using more than a little means the numbers are suspect."""
-
-    def __init__(self, processes: Callable[[], dict[str, int]]):
-        self.processes = processes
-        self.available = Path("/proc/stat").exists()
-        self.hz = os.sysconf("SC_CLK_TCK") if self.available else 100
-
-    def snapshot(self):
-        if not self.available:
-            return None
-        busy, steal = _system_ticks()
-        return time.monotonic(), busy, steal, {name: _proc_cpu_ticks(pid) for name, pid in self.processes().items()}
-
-    def usage(self, before, after) -> dict:
-        if before is None or after is None:
-            return {"foreign_cpu_cores": None, "steal_cpu_cores": None, "own_cpu_cores": None, "by_process": {}}
-        seconds = max(after[0] - before[0], 1e-9)
-        to_cores = lambda ticks: round(ticks / self.hz / seconds, 3)  # noqa: E731
-        by_process = {name: after[3][name] - before[3].get(name, after[3][name]) for name in after[3]}
-        own = sum(by_process.values())
-        return {
-            "foreign_cpu_cores": max(0.0, to_cores(after[1] - before[1] - own)),
-            "steal_cpu_cores": to_cores(after[2] - before[2]),
-            "own_cpu_cores": to_cores(own),
-            "by_process": {name: to_cores(ticks) for name, ticks in by_process.items()},
-        }
-
-
-# --- measurements ------------------------------------------------------------
-
-
-class Quiet:
-    """Before a measurement, waits for other processes to calm down: at most
-    ``per_wait`` seconds each time and ``total`` seconds in the whole run, so
-    a busy machine makes the run noisier (and says so), not endless."""
-
-    def __init__(self, monitor: CpuMonitor, per_wait: float, total: float, threshold: float = BUSY_FOREIGN_CORES):
-        self.monitor = monitor
-        self.per_wait = per_wait
-        self.left = total
-        self.threshold = threshold
-
-    def wait(self) -> None:
-        started = time.monotonic()
-        deadline = started + min(self.per_wait, self.left)
-        while self.monitor.available and time.monotonic() < deadline:
-            before = self.monitor.snapshot()
-            time.sleep(0.5)  # a sampling window, not a readiness wait
-            if self.monitor.usage(before, self.monitor.snapshot())["foreign_cpu_cores"] <= self.threshold:
-                break
-        self.left = max(0.0, self.left - (time.monotonic() - started))
-
-
-def foreign(cpu: dict) -> float:
-    return cpu.get("foreign_cpu_cores") or 0.0
-
-
-def least_disturbed(measure: Callable[[], tuple], quiet: Quiet | None, retries: int) -> tuple:
-    """``measure() -> (value, cpu)``, redone up to ``retries`` times while other
-    processes were busy during it; the least disturbed attempt is kept."""
-    best = None
-    for attempt in range(1 + retries):
-        if quiet:
-            if attempt and quiet.left <= 0:
-                break
-            quiet.wait()
-        value, cpu = measure()
-        if best is None or foreign(cpu) < foreign(best[1]):
-            best = (value, cpu)
-        if foreign(best[1]) <= BUSY_FOREIGN_CORES:
-            break
-    return best
-
-
-def cpu_ms_per_item(cpu: dict, items_per_s: float) -> float | None:
-    """CPU time (bench + worker + Redis) spent per item: immune to other
-    processes' load, unlike throughput."""
-    own = cpu.get("own_cpu_cores")
-    return round(own * 1000.0 / items_per_s, 2) if own and items_per_s else None
-
-
-def cpu_ms_per_item_by_process(cpu: dict, items_per_s: float) -> dict:
-    return {name: round(cores * 1000.0 / items_per_s, 2) for name, cores in cpu.get("by_process", {}).items()} if items_per_s else {}
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-@dataclasses.dataclass
-class Load:
-    items_per_s: float
-    p50_ms: float | None
-    p99_ms: float | None
-    mean_ms: float | None
-    completed: int
-    seconds: float
-    cpu: dict
-    extra: dict = dataclasses.field(default_factory=dict)
-
-
-def closed_loop(
-    call: Callable[[str], object],
-    inputs: Sequence[str],
-    concurrency: int,
-    *,
-    budget: float,
-    warmup: float,
-    monitor: CpuMonitor | None = None,
-    on_window: Callable[[str], object] | None = None,
-) -> Load:
-    """``concurrency`` client threads, each sending its next input as soon as
-    the previous answer arrives. Runs ``warmup`` seconds unmeasured, then
-    measures the requests that finish within the next ``budget`` seconds."""
-    stop = threading.Event()
-    samples: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
-    errors: list[BaseException] = []
-
-    def client(i: int) -> None:
-        k = i * len(inputs) // concurrency  # clients start at different places
-        while not stop.is_set():
-            item = inputs[k % len(inputs)]
-            k += 1
-            started = time.perf_counter()
-            try:
-                call(item)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-                stop.set()
-                return
-            samples[i].append((started, time.perf_counter()))
-
-    threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}", daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    stop.wait(warmup)
-    marks = {}
-    if on_window:
-        marks["before"] = on_window("start")
-    cpu0 = monitor.snapshot() if monitor else None
-    t0 = time.perf_counter()
-    stop.wait(budget)  # the measurement window itself, not a readiness wait
-    t1 = time.perf_counter()
-    cpu1 = monitor.snapshot() if monitor else None
-    if on_window:
-        marks["after"] = on_window("end")
-    stop.set()
-    for t in threads:
-        t.join(timeout=120)
-    if errors:
-        raise BenchError(f"a client failed: {type(errors[0]).__name__}: {errors[0]}") from errors[0]
-    if any(t.is_alive() for t in threads):
-        raise BenchError("a client did not finish its last request within 120 s")
-    done = [(s, e) for per in samples for (s, e) in per if t0 <= e <= t1]
-    inside = sorted((e - s) * 1000.0 for s, e in done if s >= t0)
-    seconds = t1 - t0
-    return Load(
-        items_per_s=completion_rate([e for _, e in done], seconds),
-        p50_ms=percentile(inside, 50),
-        p99_ms=percentile(inside, 99),
-        mean_ms=(sum(inside) / len(inside)) if inside else None,
-        completed=len(done),
-        seconds=seconds,
-        cpu=monitor.usage(cpu0, cpu1) if monitor else {},
-        extra=marks,
-    )
-
-
-def completion_rate(ends: Sequence[float], seconds: float) -> float:
-    """Items per second: the least-squares slope of the number of finished
-    requests over time. With batching, requests finish in bursts (16 at a
-    time every ~0.3 s for long texts), so a plain count over a fixed window is
-    off by up to a burst depending on where the window falls; the slope is not."""
-    xs = sorted(ends)
-    n = len(xs)
-    mean_x = sum(xs) / n if n else 0.0
-    sxx = sum((x - mean_x) ** 2 for x in xs)
-    if n < 10 or sxx <= 0:
-        return n / seconds
-    mean_y = (n + 1) / 2.0
-    return sum((x - mean_x) * (y - mean_y) for y, x in enumerate(xs, start=1)) / sxx
-
-
 def raw_batches(tokenizer, texts: Sequence[str], batch_size: int) -> list[list[str]]:
     """Full batches of ``batch_size`` texts, the texts sorted by token count
     (each batch is padded as little as possible: the kindest order)."""
@@ -387,266 +180,14 @@ def raw_throughput(
     return done / elapsed, (monitor.usage(cpu0, monitor.snapshot()) if monitor else {})
 
 
-# --- the Celery worker -------------------------------------------------------
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DJANGO_SETTINGS"))}
-    env.update({"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "MLSERVICES_OFFLINE": "1"})
-    env.update(extra)
-    return env
-
-
-class Worker:
-    """A ``celery -A webapp worker`` subprocess on its own Redis db and SQLite file."""
-
-    def __init__(
-        self,
-        *,
-        model: Path,
-        redis_url: str,
-        threads: int,
-        serving_options: dict,
-        concurrency: int,
-        workdir: Path,
-        root: Path = ROOT,
-    ):
-        self.redis_url = redis_url
-        self.root = root
-        self.log_path = workdir / "worker.log"
-        config = {SERVING: {"threads": threads, **serving_options}}
-        self.env = child_env(
-            REDIS_URL=redis_url,
-            SENTIMENT_MODEL=str(model),
-            DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
-            MLSERVICES_CONFIG=json.dumps(config),
-            OMP_NUM_THREADS=str(threads),
-            MKL_NUM_THREADS=str(threads),
-        )
-        self.args = [
-            sys.executable, "-m", "celery", "-A", "webapp", "worker",
-            "-P", "threads", "-c", str(concurrency), "-Q", QUEUE,
-            "--without-gossip", "--without-mingle",
-            "-n", f"bench-{os.getpid()}@%h", "-l", "warning",
-        ]  # fmt: skip
-        self.process: subprocess.Popen | None = None
-        self.app = None
-        self.replies: Replies | None = None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def start(self, timeout: float) -> float:
-        """Migrate, start the worker, and wait until it answers a task. Returns the seconds it took."""
-        from celery import Celery
-
-        started = time.monotonic()
-        migrate = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=self.root, env=self.env, capture_output=True, text=True,
-        )  # fmt: skip
-        if migrate.returncode:
-            raise BenchError(f"manage.py migrate failed:\n{migrate.stdout[-2000:]}{migrate.stderr[-2000:]}")
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.args, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        # A client app of its own: the bench needs no Django settings to send a task by name.
-        # No result backend: jobs.predict stores no result; its answer comes on the reply channel.
-        self.app = Celery("bench-client", broker=self.redis_url)
-        self.app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
-        self.replies = Replies(self.redis_url)
-        self.wait_ready(started + timeout)
-        return time.monotonic() - started
-
-    def wait_ready(self, deadline: float) -> None:
-        """Send one warm-up task and wait for its answer until ``deadline``."""
-        request_id, answer = self.send("The worker is warming up.")
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    raise BenchError(f"the worker exited with {self.process.returncode}:\n{self.log_tail()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BenchError(f"the worker did not answer its warm-up task in time:\n{self.log_tail()}")
-                try:
-                    message = answer.result(timeout=min(1.0, left))
-                except concurrent.futures.TimeoutError:
-                    continue
-                check_answer(message)
-                return
-        finally:
-            self.replies.forget(request_id)
-
-    def send(self, text: str) -> tuple[int, concurrent.futures.Future]:
-        """Send ``jobs.predict`` for ``text``, as the site does; (its request id, the future of its answer)."""
-        request_id, answer = self.replies.expect()
-        try:
-            self.app.send_task(TASK, args=(SERVING, text, self.replies.channel, request_id), queue=QUEUE)
-        except BaseException:
-            self.replies.forget(request_id)
-            raise
-        return request_id, answer
-
-    def predict(self, text: str) -> dict:
-        request_id, answer = self.send(text)
-        try:
-            return check_answer(answer.result(timeout=ANSWER_TIMEOUT))
-        except concurrent.futures.TimeoutError:
-            message = f"no answer to request {request_id} within {ANSWER_TIMEOUT} s"
-            raise BenchError(f"{message}:\n{self.log_tail()}") from None
-        finally:
-            self.replies.forget(request_id)
-
-    def stop(self) -> None:
-        if self.replies is not None:
-            self.replies.close()
-        if self.app is not None:
-            self.app.close()
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-class Replies:
-    """One reply channel on the worker's channel layer (``RedisChannelLayer`` on
-    the same Redis, default prefix), like a websocket of the site: an asyncio
-    loop in a thread of its own receives every answer and resolves the future
-    of its request id, so the client threads simply block on their future."""
-
-    def __init__(self, redis_url: str):
-        from channels_redis.core import RedisChannelLayer
-
-        # The worker's layer (webapp/settings.py: same Redis, default prefix), but with a socket
-        # timeout longer than the layer's blocking pop: redis-py 8 defaults to 5 s, as long as
-        # that pop, so an idle receive() fails with TimeoutError (django/channels_redis#422).
-        host = {"address": redis_url, "socket_timeout": RedisChannelLayer.brpop_timeout + 10}
-        self.layer = RedisChannelLayer(hosts=[host])
-        self.lock = threading.Lock()
-        self.pending: dict[int, concurrent.futures.Future] = {}
-        self.ids = itertools.count()
-        self.error: BaseException | None = None
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="replies", daemon=True)
-        self.thread.start()
-        self.channel, self.receiving = asyncio.run_coroutine_threadsafe(self._open(), self.loop).result()
-
-    async def _open(self) -> tuple[str, asyncio.Task]:
-        channel = await self.layer.new_channel()
-        return channel, asyncio.create_task(self._receive(channel))
-
-    async def _receive(self, channel: str) -> None:
-        try:
-            while True:
-                message = await self.layer.receive(channel)
-                with self.lock:
-                    answer = self.pending.pop(message.get("request_id"), None)
-                if answer is not None:  # else its client has given up on it
-                    answer.set_result(message)
-        except Exception as exc:  # Redis is away: fail every waiting client now, not after a timeout
-            with self.lock:
-                self.error = exc
-                waiting, self.pending = list(self.pending.values()), {}
-            for answer in waiting:
-                answer.set_exception(BenchError(f"receiving answers on {channel} failed: {exc!r}"))
-
-    def expect(self) -> tuple[int, concurrent.futures.Future]:
-        """A new request id and the future its answer will resolve."""
-        answer: concurrent.futures.Future = concurrent.futures.Future()
-        with self.lock:
-            if self.error is not None:
-                raise BenchError(f"receiving answers on {self.channel} failed: {self.error!r}")
-            request_id = next(self.ids)
-            self.pending[request_id] = answer
-        return request_id, answer
-
-    def forget(self, request_id: int) -> None:
-        with self.lock:
-            self.pending.pop(request_id, None)
-
-    def close(self) -> None:
-        async def closing() -> None:
-            self.receiving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.receiving
-            await self.layer.close_pools()
-
-        try:
-            asyncio.run_coroutine_threadsafe(closing(), self.loop).result(timeout=30)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=30)
-            if not self.thread.is_alive():
-                self.loop.close()
-
-
-def check_answer(message: dict) -> dict:
-    """The result of a ``prediction`` event; anything else (``prediction.error``) fails the bench."""
-    if message.get("type") != "prediction" or "result" not in message:
-        raise BenchError(f"the worker answered {message!r}")
-    return message["result"]
-
-
-def redis_pid(client) -> int | None:
-    try:
-        return int(client.info("server")["process_id"])
-    except Exception:  # noqa: BLE001 - only used to account for CPU
-        return None
-
-
 # --- the run -----------------------------------------------------------------
-
-
-def machine_info() -> dict:
-    model_name = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    import celery
-    import tokenizers
-    import torch
-    import transformers
-
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model_name,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "celery": celery.__version__,
-    }
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a and b else None
-
-
-def ms_per_item(items_per_s: float | None) -> float | None:
-    return 1000.0 / items_per_s if items_per_s else None
 
 
 def run(args: argparse.Namespace) -> dict:
     import torch
 
     warnings: list[str] = []
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    cpus = os.cpu_count() or 1
-    if load_before and load_before[0] > BUSY_LOAD_PER_CORE * cpus:
-        warn(
-            f"the machine is busy before the run: load average {load_before[0]:.2f} on {cpus} CPUs; "
-            "the numbers may be low and noisy (see `top`)",
-            warnings,
-        )
+    load_before = warn_if_busy(warnings)
     torch.set_num_threads(args.threads)
     with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
         torch.set_num_interop_threads(1)
@@ -683,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
     results: dict = {
         "benchmark": "sentiment",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {**machine_info(), "loadavg_before": load_before},
+        "machine": {**machine_info("torch", "transformers", "tokenizers", "celery"), "loadavg_before": load_before},
         "settings": {
             "model": str(args.model),
             "data": str(args.data),
@@ -711,19 +252,10 @@ def run(args: argparse.Namespace) -> dict:
         for rt in runtimes.values():
             stack.callback(rt.close)
         if not args.no_worker:
-            import redis
-
-            redis_client = redis.Redis.from_url(args.redis_url)
-            try:
-                redis_client.ping()
-            except redis.RedisError as exc:
-                raise BenchError(f"no Redis at {args.redis_url} ({exc}); start it, or pass --no-worker") from exc
-            redis_client.flushdb()  # our db only
-            stack.callback(redis_client.flushdb)
-            if pid := redis_pid(redis_client):
-                processes["redis"] = pid
+            stack.enter_context(redis_db(args.redis_url, processes))
             worker = Worker(
-                model=args.model,
+                serving=SERVING,
+                env={"SENTIMENT_MODEL": str(args.model)},
                 redis_url=args.redis_url,
                 threads=args.threads,
                 serving_options={**serving_options, **worker_options},
@@ -733,22 +265,16 @@ def run(args: argparse.Namespace) -> dict:
             )
             stack.callback(worker.stop)
             say(f"starting the worker: {' '.join(worker.args[2:])}")
-            seconds = worker.start(timeout=args.worker_timeout)
+            seconds = worker.start(timeout=args.worker_timeout, warmup=WARMUP_TEXT)
             say(f"  it answered its warm-up task after {seconds:.1f} s")
-            results["settings"]["worker"] = {
-                "command": " ".join(worker.args[2:]),
-                "root": str(args.worker_root),
-                "MLSERVICES_CONFIG": worker.env["MLSERVICES_CONFIG"],
-                "OMP_NUM_THREADS": worker.env["OMP_NUM_THREADS"],
-                "startup_s": round(seconds, 2),
-            }
+            results["settings"]["worker"] = worker.settings(seconds)
 
         for kind, texts in inputs.items():
             say(f"\n== {kind} inputs ==")
             raw = results["raw"][kind] = measure_raw(args, tokenizer, network, texts, max_length, monitor, quiet)
             for bs, tput in raw["items_per_s_by_batch_size"].items():
                 busy = raw["foreign_cpu_cores_by_batch_size"][bs]
-                say(f"  raw batch {bs:>3}{'':<10} {tput:8.1f} items/s" + _busy_note(busy))
+                say(f"  raw batch {bs:>3}{'':<10} {tput:8.1f} items/s" + busy_note(busy))
                 if busy > BUSY_FOREIGN_CORES:
                     warn(f"{kind} raw batch {bs}: other processes used {busy:.2f} CPU cores meanwhile", warnings)
             paths: dict[str, Callable[[str], object]] = {
@@ -780,20 +306,18 @@ def run(args: argparse.Namespace) -> dict:
 
                     load, cpu = least_disturbed(measure, quiet, args.retries)
                     record[f"{name}_items_per_s"] = round(load.items_per_s, 2)
-                    record[f"{name}_p50_ms"] = _round(load.p50_ms)
-                    record[f"{name}_p99_ms"] = _round(load.p99_ms)
+                    record[f"{name}_p50_ms"] = rounded(load.p50_ms)
+                    record[f"{name}_p99_ms"] = rounded(load.p99_ms)
                     record[f"{name}_cpu_ms_per_item"] = cpu_ms_per_item(cpu, load.items_per_s)
                     if name == "worker":  # who spends it: the clients (bench), the worker, Redis
                         record["worker_cpu_ms_per_item_by_process"] = cpu_ms_per_item_by_process(cpu, load.items_per_s)
                     record[f"{name}_completed"] = load.completed
                     if window:
-                        seen = {id(r) for r in load.extra["before"]}
-                        sizes = [r.size for r in load.extra["after"] if id(r) not in seen]
-                        record[f"{name}_mean_batch"] = _round(sum(sizes) / len(sizes) if sizes else None)
+                        record[f"{name}_mean_batch"] = mean_batch(load)
                     disturbed.append(foreign(cpu))
                     say(
                         f"  {name:<20} c={c:<3} {load.items_per_s:8.1f} items/s   "
-                        f"p50 {_fmt(load.p50_ms)} ms  p99 {_fmt(load.p99_ms)} ms" + _busy_note(foreign(cpu))
+                        f"p50 {fmt_ms(load.p50_ms)} ms  p99 {fmt_ms(load.p99_ms)} ms" + busy_note(foreign(cpu))
                     )
                     if foreign(cpu) > BUSY_FOREIGN_CORES:
                         warn(
@@ -808,7 +332,7 @@ def run(args: argparse.Namespace) -> dict:
             recheck_raw(args, raw, tokenizer, network, texts, max_length, monitor, quiet)
             say(
                 f"  raw batch {raw['best_batch_size']:>3} again   {raw['recheck_items_per_s']:8.1f} items/s"
-                f"{_busy_note(raw['recheck_foreign_cpu_cores'])}; raw = {raw['items_per_s']:.1f}"
+                f"{busy_note(raw['recheck_foreign_cpu_cores'])}; raw = {raw['items_per_s']:.1f}"
             )
             for record in kind_records:
                 record.update(
@@ -838,7 +362,7 @@ def measure_raw(args, tokenizer, network, texts, max_length, monitor, quiet) -> 
         "best_batch_size": best,
         "items_per_s": round(by_size[best], 2),
         "cpu_ms_per_item": cpu_ms_per_item(cpus[best], by_size[best]),
-        "single_item_ms": _round(ms_per_item(by_size.get(1))),
+        "single_item_ms": rounded(ms_per_item(by_size.get(1))),
         "items_per_s_by_batch_size": {str(k): round(v, 2) for k, v in by_size.items()},
         "foreign_cpu_cores_by_batch_size": {str(k): foreign(v) for k, v in cpus.items()},
     }
@@ -871,12 +395,12 @@ def derived(record: dict, raw: dict) -> dict:
         "inprocess_over_raw": ratio(batched, raw["items_per_s"]),
         "batched_over_unbatched": ratio(batched, record["inprocess_unbatched_items_per_s"]),
         # Machine time per request above the raw loop's time per item (wall clock, all cores).
-        "worker_overhead_ms_per_item": _round(ms_per_item(worker) - raw_ms if worker else None),
-        "inprocess_overhead_ms_per_item": _round(ms_per_item(batched) - raw_ms if batched else None),
+        "worker_overhead_ms_per_item": rounded(ms_per_item(worker) - raw_ms if worker else None),
+        "inprocess_overhead_ms_per_item": rounded(ms_per_item(batched) - raw_ms if batched else None),
         # The same in CPU time (bench + worker + Redis), which others' load barely moves.
-        "worker_overhead_cpu_ms_per_item": _round(worker_cpu - raw_cpu if worker_cpu and raw_cpu else None),
+        "worker_overhead_cpu_ms_per_item": rounded(worker_cpu - raw_cpu if worker_cpu and raw_cpu else None),
         # A request alone (concurrency 1): its median latency above a raw batch of one.
-        "worker_latency_overhead_ms": _round(
+        "worker_latency_overhead_ms": rounded(
             record["worker_p50_ms"] - raw["single_item_ms"]
             if record["concurrency"] == 1 and record["worker_p50_ms"] and raw["single_item_ms"]
             else None
@@ -884,50 +408,26 @@ def derived(record: dict, raw: dict) -> dict:
     }
 
 
-def _busy_note(cores: float) -> str:
-    return f"   (others used {cores:.2f} cores)" if cores > 0.05 else ""
-
-
-def _round(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _fmt(value: float | None) -> str:
-    return f"{value:7.1f}" if value is not None else "      -"
-
-
-def table(results: dict) -> str:
-    columns = [  # (title, key, width, format)
-        ("input", "input", 6, "{}"),
-        ("conc", "concurrency", 4, "{}"),
-        ("raw", "raw_items_per_s", 7, "{:.1f}"),
-        ("batched", "inprocess_batched_items_per_s", 8, "{:.1f}"),
-        ("unbatched", "inprocess_unbatched_items_per_s", 9, "{:.1f}"),
-        ("worker", "worker_items_per_s", 7, "{:.1f}"),
-        ("p50 ms", "worker_p50_ms", 7, "{:.1f}"),
-        ("p99 ms", "worker_p99_ms", 7, "{:.1f}"),
-        ("worker/raw", "worker_over_raw", 10, "{:.2f}"),
-        ("inproc/raw", "inprocess_over_raw", 10, "{:.2f}"),
-        ("batch/unb", "batched_over_unbatched", 9, "{:.2f}"),
-        ("ovh ms", "worker_overhead_ms_per_item", 7, "{:.2f}"),
-        ("ovh cpu ms", "worker_overhead_cpu_ms_per_item", 10, "{:.2f}"),
-    ]
-    lines = [" ".join(f"{title:>{w}}" if i > 0 else f"{title:<{w}}" for i, (title, _, w, _) in enumerate(columns))]
-    lines.append("-" * len(lines[0]))
-    for r in results["records"]:
-        cells = []
-        for i, (_, key, w, fmt) in enumerate(columns):
-            v = r.get(key)
-            text = fmt.format(v) if v is not None else "-"
-            cells.append(f"{text:<{w}}" if i == 0 else f"{text:>{w}}")
-        lines.append(" ".join(cells) + ("  busy!" if r.get("machine_busy") else ""))
-    lines.append(
-        "items/s; raw: tokenizer + model at its best batch size; worker p50/p99: latency through the worker;\n"
-        "ovh ms = 1000/worker - 1000/raw (wall time per request above raw); ovh cpu ms: the same in CPU time;\n"
-        "busy!: other processes used more than "
-        f"{BUSY_FOREIGN_CORES} cores during a measurement of that row"
-    )
-    return "\n".join(lines)
+COLUMNS = [  # (title, key, width, format)
+    ("input", "input", 6, "{}"),
+    ("conc", "concurrency", 4, "{}"),
+    ("raw", "raw_items_per_s", 7, "{:.1f}"),
+    ("batched", "inprocess_batched_items_per_s", 8, "{:.1f}"),
+    ("unbatched", "inprocess_unbatched_items_per_s", 9, "{:.1f}"),
+    ("worker", "worker_items_per_s", 7, "{:.1f}"),
+    ("p50 ms", "worker_p50_ms", 7, "{:.1f}"),
+    ("p99 ms", "worker_p99_ms", 7, "{:.1f}"),
+    ("worker/raw", "worker_over_raw", 10, "{:.2f}"),
+    ("inproc/raw", "inprocess_over_raw", 10, "{:.2f}"),
+    ("batch/unb", "batched_over_unbatched", 9, "{:.2f}"),
+    ("ovh ms", "worker_overhead_ms_per_item", 7, "{:.2f}"),
+    ("ovh cpu ms", "worker_overhead_cpu_ms_per_item", 10, "{:.2f}"),
+]
+LEGEND = (
+    "items/s; raw: tokenizer + model at its best batch size; worker p50/p99: latency through the worker;\n"
+    "ovh ms = 1000/worker - 1000/raw (wall time per request above raw); ovh cpu ms: the same in CPU time;\n"
+    f"busy!: other processes used more than {BUSY_FOREIGN_CORES} cores during a measurement of that row"
+)
 
 
 def verdict(results: dict) -> list[str]:
@@ -1008,10 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 2
-    out = args.out or RESULTS / f"sentiment-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    say("\n" + table(results))
+    out = write_json(results, args.out, "sentiment")
+    say("\n" + table(results["records"], COLUMNS, LEGEND))
     lines = verdict(results)
     for line in lines:
         say(line)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from bench import sentiment as bench
+from tests.test_transcription import tiny_whisper  # noqa: F401 - a fixture of the transcription bench
 
 PHRASES = [
     "i love this movie",
@@ -129,3 +130,139 @@ def test_bench_drives_a_real_worker(tiny_sentiment_model, tiny_data, tmp_path, i
     worker = results["settings"]["worker"]
     assert json.loads(worker["MLSERVICES_CONFIG"]) == {"sentiment": {"threads": 1}}
     assert "-P threads" in worker["command"] and "-Q sentiment" in worker["command"]
+
+
+# --- bench/background_removal.py on the tiny random "U2Net" of tests/conftest.py ----------------------
+
+
+@pytest.fixture
+def tiny_photos(tmp_path):
+    from tests.conftest import photo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(photo())
+    (folder / "b.jpg").write_bytes(photo(size=(80, 60), box=(10, 10, 50, 40), format="JPEG"))
+    (folder / "c.png").write_bytes(photo(size=(40, 64), box=(5, 20, 35, 60)))
+    (folder / "notes.txt").write_text("not a photo: skipped by its name")
+    return folder
+
+
+@pytest.fixture
+def bg_isolated():
+    """The bench sets a few variables (rembg's among them): undo them."""
+    names = ("OMP_NUM_THREADS", "MLSERVICES_OFFLINE", "U2NET_HOME", "MODEL_CHECKSUM_DISABLED")
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def test_background_removal_bench_in_process_paths_write_the_documented_json(tmp_path, tiny_photos, bg_isolated):
+    import importlib.util
+
+    from bench import background_removal as bg
+    from tests.conftest import build_tiny_u2net
+
+    model = build_tiny_u2net(tmp_path / "tiny-u2net.onnx")
+    out = tmp_path / "results.json"
+    args = [
+        "--model", str(model), "--images", str(tiny_photos), "--out", str(out), "--no-worker",
+        "--concurrency", "1,2", "--threads", "1", "--budget", "0.3", "--warmup", "0.05",
+        "--wait-quiet", "0", "--retries", "0",
+    ]  # fmt: skip
+    assert bg.main(args) == 0
+    results = json.loads(out.read_text())
+    assert results["benchmark"] == "background_removal"
+    assert sorted(results["inputs"]) == ["a.png", "b.jpg", "c.png"]
+    assert results["settings"]["threads"] == 1 and results["settings"]["worker"] is None
+    with_rembg = importlib.util.find_spec("rembg") is not None  # the `bench` extra
+    records = results["records"]
+    assert [(r["serving"], r["concurrency"]) for r in records] == [("background_removal", 1), ("background_removal", 2)]
+    for r in records:
+        assert set(bg.RECORD_KEYS) <= set(r), set(bg.RECORD_KEYS) - set(r)
+        for path in ("raw", "inprocess") + (("rembg",) if with_rembg else ()):
+            assert r[f"{path}_items_per_s"] > 0 and r[f"{path}_completed"] > 0, path
+        assert r["inprocess_over_raw"] > 0
+        assert r["worker_items_per_s"] is None and r["worker_over_raw"] is None
+        assert (r["inprocess_over_rembg"] is not None) == with_rembg
+    if with_rembg:  # the same model file both ways: the masks agree
+        iou = results["mask_iou"]
+        assert sorted(iou["per_photo"]) == ["a.png", "b.jpg", "c.png"]
+        assert 0.9 <= iou["min"] <= iou["mean"] <= 1.0
+        assert results["settings"]["rembg"]["version"]
+    json.dumps(results)
+
+
+def test_the_nchw_copy_for_rembg_transposes_the_first_output_only(tmp_path):
+    import numpy as np
+    import onnxruntime
+
+    from bench.background_removal import nchw_copy
+    from tests.conftest import build_tiny_u2net
+
+    nhwc = build_tiny_u2net(tmp_path / "nhwc.onnx")
+    copy = nchw_copy(nhwc, tmp_path / "home" / "u2netp.onnx")
+    x = np.random.default_rng(0).normal(size=(1, 3, 320, 320)).astype(np.float32)
+    before = onnxruntime.InferenceSession(str(nhwc)).run(None, {"input": x})
+    after = onnxruntime.InferenceSession(str(copy)).run(None, {"input": x})
+    assert before[0].shape == (1, 320, 320, 1) and after[0].shape == (1, 1, 320, 320)
+    assert np.array_equal(after[0], before[0].transpose(0, 3, 1, 2))
+    assert np.array_equal(after[1], before[1])
+    nchw = build_tiny_u2net(tmp_path / "nchw.onnx", layout="nchw")  # already NCHW: copied as is
+    assert nchw_copy(nchw, tmp_path / "nchw-copy.onnx").read_bytes() == nchw.read_bytes()
+
+
+# --- bench/transcription.py on the random whisper-tiny of tests/test_transcription.py ------------------
+
+@pytest.fixture
+def tiny_speech(tmp_path):
+    """A folder like ../shared/data/audio/speech: a manifest, two short clips and a long one."""
+    from tests.test_audio import speech_like
+    from tests.test_transcription import wav
+
+    folder = tmp_path / "speech"
+    folder.mkdir()
+    clips = {"a.wav": 3.0, "b.wav": 5.0, "long.wav": 40.0}
+    lines = ["file\tlanguage\tduration_s\treference"]
+    for i, (name, seconds) in enumerate(clips.items()):
+        (folder / name).write_bytes(wav(speech_like(seconds, [(20.0, 20.3)], seed=i)))
+        lines.append(f"{name}\ten\t{seconds}\tsome words here")
+    (folder / "manifest.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_transcription_bench_in_process_paths_write_the_documented_json(tiny_whisper, tiny_speech, tmp_path, isolated):
+    from bench import transcription as tb
+
+    out = tmp_path / "results.json"
+    paths = ["inprocess_batched", "inprocess_unbatched", "inprocess_batched_int8"]
+    args = [
+        "--model", str(tiny_whisper), "--speech", str(tiny_speech), "--long", str(tiny_speech / "long.wav"),
+        "--jfk", "", "--paths", ",".join(paths), "--threads", "1", "--budget", "0.1",
+        "--serving-options", '{"max_new_tokens": 3}', "--wait-quiet", "0", "--retries", "0", "--out", str(out),
+    ]  # fmt: skip
+    assert tb.main(args) == 0
+    results = json.loads(out.read_text())
+    assert results["benchmark"] == "transcription" and results["skipped"] == []
+    assert results["inputs"]["long"] == {"file": "long.wav", "seconds": 40.0}
+    assert [c["file"] for c in results["inputs"]["short"]] == ["a.wav", "b.wav"]
+    assert results["settings"]["threads"] == 1 and results["settings"]["paths"] == paths
+    records = results["records"]
+    assert [r["path"] for r in records] == paths
+    for r in records:
+        assert set(tb.RECORD_KEYS) <= set(r), set(tb.RECORD_KEYS) - set(r)
+        assert r["long_rtf"] > 0 and r["short8_rtf"] > 0 and r["long_runs"] >= 1 and r["short8_rounds"] >= 1
+        assert 0 <= r["wer_short"] and 0 <= r["wer_long"]  # random weights: nonsense, but scored
+        assert r["settings"]["serving_options"]["max_new_tokens"] == 3
+    assert records[1]["mean_batch"] == 1.0  # batching off means batches of one
+    assert records[0]["mean_batch"] > 1.0  # the long recording's two windows, the short clips together
+    assert records[2]["settings"]["serving_options"]["quantize"] == "int8"
+    ratios = results["ratios"]
+    assert set(tb.RATIOS) <= set(ratios)
+    assert ratios["batched_over_unbatched_long"] > 0 and ratios["ours_int8_over_ours_long"] > 0
+    assert ratios["ours_over_faster_whisper_batched_long"] is None  # not measured in this run
+    json.dumps(results)

@@ -155,7 +155,7 @@ def test_list_shows_factory_options_and_the_input_spec():
     assert "  input: image (jpeg, png, webp, gif, bmp, tiff); limits: max_bytes=15,000,000, max_pixels=40,000,000" in text
     assert "    background (string, one of transparent|color|blur; default 'transparent'): what goes behind" in text
     assert "    threshold (number, -1..1; default -1.0): -1: soft mask" in text
-    assert "  serving options: batch_size=4, batch_timeout_ms=2, parallel_batches=1" in text  # then any others
+    assert "  serving options: batch_size=4, batch_timeout_ms=0, parallel_batches=1" in text  # then any others
 
 
 # --- file servings ------------------------------------------------------------

@@ -229,10 +229,11 @@ def test_subject_box_is_around_the_pixels_at_least_half_opaque():
 # --- composing ----------------------------------------------------------------
 
 
-def test_cutout_takes_the_mask_as_alpha():
-    mask = Image.fromarray(np.array([[0, 255]], dtype=np.uint8), "L")
-    rgba = cutout(Image.new("RGB", (2, 1), RED), mask)
-    assert rgba.mode == "RGBA" and rgba.getpixel((0, 0))[3] == 0 and rgba.getpixel((1, 0)) == (*RED, 255)
+def test_cutout_takes_the_mask_as_alpha_and_keeps_no_colour_where_it_hides_all():
+    mask = Image.fromarray(np.array([[0, 1, 128, 255]], dtype=np.uint8), "L")
+    rgba = cutout(Image.new("RGB", (4, 1), RED), mask)
+    assert rgba.mode == "RGBA"
+    assert [rgba.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0, 0), (*RED, 1), (*RED, 128), (*RED, 255)]
 
 
 @pytest.mark.parametrize("text, rgb", [("#ffffff", WHITE), ("#FF0000", RED), ("#0000ff", BLUE), (" #102030 ", (16, 32, 48))])

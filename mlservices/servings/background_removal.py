@@ -34,7 +34,8 @@ Factory options (settings, ``MLSERVICES_CONFIG``, or ``-o`` on the command line)
 - ``threads``: ONNX Runtime intra-op threads (default: its own choice);
 - ``max_bytes`` (15 MB) and ``max_pixels`` (40 megapixels): the largest file
   and image accepted; the pixel count is read from the header before decoding;
-- ``batch_size`` (4), ``batch_timeout_ms`` (2): the batcher's.
+- ``batch_size`` (4), ``batch_timeout_ms`` (0: a photo alone goes at once; batches
+  still form while the model is busy): the batcher's.
 
 The model's input size is read from the model (320×320 for U2Net). A model
 whose batch axis is dynamic runs a batch in one call; one fixed at 1 (the
@@ -241,6 +242,9 @@ def background_removal(
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # Its threads share the cores with decoding and PNG writing (other requests', on other
+        # threads) and with the web process or the worker: idle, they sleep instead of spinning.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = onnxruntime.InferenceSession(str(weights), options, providers=providers)
         except Exception as exc:
@@ -309,15 +313,17 @@ def background_removal(
         inference=inference,
         postprocess=postprocess,
         batch_size=4,
-        batch_timeout_ms=2.0,
+        batch_timeout_ms=0.0,
         warmup=({"file": _warmup_png()},),
         description="Remove the background of a photo: cutout (transparent, colour, blur or avatar) and mask.",
+        title="Profile photo",
         spec=InputSpec(
             kind="image",
             formats=FORMATS,
             max_bytes=max_bytes,
             max_pixels=max_pixels,
             options=OPTIONS,
+            renderer="background_removal",
         ),
         validate=checked,
     )

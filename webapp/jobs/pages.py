@@ -28,7 +28,11 @@ def home_serving() -> str:
 
 
 def title(name: str) -> str:
-    """``"background_removal"`` -> ``"Background removal"``."""
+    """The name people see: the serving's own ``title`` (``"transcription"`` -> ``"Transcribe"``),
+    else its name humanised (``"background_removal"`` -> ``"Background removal"``)."""
+    own = validation.definition(name).title
+    if own:
+        return own
     words = name.replace("_", " ").replace("-", " ").strip()
     return words[:1].upper() + words[1:]
 
