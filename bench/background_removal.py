@@ -70,11 +70,10 @@ from bench.harness import (  # noqa: E402 - after the sys.path fix above
     ratio,
     redis_db,
     rounded,
+    run_and_report,
     say,
-    table,
     warn,
     warn_if_busy,
-    write_json,
 )
 
 DEFAULT_MODEL = SHARED / "models" / "u2netp" / "model.onnx"
@@ -220,8 +219,9 @@ def measure(call: Callable, inputs: Sequence, concurrency: int, args, monitor, q
 
 
 def run(args: argparse.Namespace) -> dict:
-    import mlservices
     import numpy as np
+
+    import mlservices
     from mlservices.model_store import sha256_of
 
     warnings: list[str] = []
@@ -470,23 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("MLSERVICES_OFFLINE", "1")
-    try:
-        results = run(args)
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 2
-    out = write_json(results, args.out, SERVING)
-    say("\n" + table(results["records"], COLUMNS, LEGEND))
-    lines = verdict(results)
-    for line in lines:
-        say(line)
-    for w in results["warnings"]:
-        say(f"warning: {w}")
-    say(f"results: {out}")
-    if args.check and any("NOT MET" in line for line in lines):
-        return 1
-    return 0
-
+    return run_and_report(run, args, SERVING, COLUMNS, LEGEND, verdict)
 
 if __name__ == "__main__":
     sys.exit(main())

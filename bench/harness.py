@@ -610,3 +610,25 @@ def write_json(results: dict, out: Path | None, benchmark: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     return out
+
+
+def run_and_report(run, args, benchmark: str, columns, legend: str, verdict) -> int:
+    """``main``'s common part: run the bench, write its JSON, print the table, the verdict
+    lines, what was skipped and the warnings. Exit 2 when it failed, 1 when ``--check``
+    finds a target NOT MET, else 0."""
+    try:
+        results = run(args)
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 2
+    out = write_json(results, args.out, benchmark)
+    say("\n" + table(results["records"], columns, legend))
+    lines = verdict(results)
+    for line in lines:
+        say(line)
+    for name in results.get("skipped", ()):
+        say(f"skipped: {name}")
+    for w in results["warnings"]:
+        say(f"warning: {w}")
+    say(f"results: {out}")
+    return 1 if args.check and any("NOT MET" in line for line in lines) else 0

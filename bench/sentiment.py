@@ -68,11 +68,10 @@ from bench.harness import (  # noqa: E402 - after the sys.path fix above
     ratio,
     redis_db,
     rounded,
+    run_and_report,
     say,
-    table,
     warn,
     warn_if_busy,
-    write_json,
 )
 
 DEFAULT_MODEL = SHARED / "models" / "sentiment-minilm-sst2"
@@ -192,8 +191,9 @@ def run(args: argparse.Namespace) -> dict:
     with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
         torch.set_num_interop_threads(1)
 
-    import mlservices
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import mlservices
 
     mlservices.discover()
     serving_options = json.loads(args.serving_options) if args.serving_options else {}
@@ -503,23 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(args.threads))
     os.environ.setdefault("MLSERVICES_OFFLINE", "1")
-    try:
-        results = run(args)
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 2
-    out = write_json(results, args.out, "sentiment")
-    say("\n" + table(results["records"], COLUMNS, LEGEND))
-    lines = verdict(results)
-    for line in lines:
-        say(line)
-    for w in results["warnings"]:
-        say(f"warning: {w}")
-    say(f"results: {out}")
-    if args.check and any("NOT MET" in line for line in lines):
-        return 1
-    return 0
-
+    return run_and_report(run, args, "sentiment", COLUMNS, LEGEND, verdict)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -69,11 +69,10 @@ from bench.harness import (  # noqa: E402 - after the sys.path fix above
     machine_info,
     ratio,
     rounded,
+    run_and_report,
     say,
-    table,
     warn,
     warn_if_busy,
-    write_json,
 )
 
 SERVING = "transcription"
@@ -209,7 +208,11 @@ class HfPipeline(Transcriber):
 
     def __init__(self, model: Path, batch_size: int, max_new_tokens: int | None):
         import torch
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
+        from transformers import (
+            WhisperForConditionalGeneration,
+            WhisperProcessor,
+            pipeline,
+        )
 
         processor = WhisperProcessor.from_pretrained(model)
         network = WhisperForConditionalGeneration.from_pretrained(model, dtype=torch.float32, use_safetensors=True)
@@ -482,25 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MKL_NUM_THREADS", str(args.threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLSERVICES_OFFLINE", "1")
-    try:
-        results = run(args)
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 2
-    out = write_json(results, args.out, SERVING)
-    say("\n" + table(results["records"], COLUMNS, LEGEND))
-    lines = verdict(results)
-    for line in lines:
-        say(line)
-    for name in results["skipped"]:
-        say(f"skipped: {name}")
-    for w in results["warnings"]:
-        say(f"warning: {w}")
-    say(f"results: {out}")
-    if args.check and any("NOT MET" in line for line in lines):
-        return 1
-    return 0
-
+    return run_and_report(run, args, SERVING, COLUMNS, LEGEND, verdict)
 
 if __name__ == "__main__":
     sys.exit(main())
