@@ -383,6 +383,7 @@ async def test_every_job_ends_when_redis_restarts_empty_under_queued_and_running
             def four_running_one_window_done():
                 jobs = jobs_by_id(ids)
                 return (sum(j.status == "running" for j in jobs.values()) == 4
+                        and toy_files.announce.exists()  # written when the first batch starts
                         and len(toy_files.announce.read_text().splitlines()) == 2)  # one passed, one held
 
             await asyncio.to_thread(wait_until, four_running_one_window_done, timeout=TIMEOUT,
