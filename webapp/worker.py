@@ -19,10 +19,10 @@ that loads the app, but they act only in a worker:
   task's run (``watch``): one still going after its serving's hard limit
   means the model or the GPU is stuck, and the worker exits at once (exit
   code 70), even when the jobs of that batch have already failed on the soft
-  limit. Jobs still running were not acknowledged (``acks_late``), so the
-  broker hands them to a fresh worker after the visibility timeout;
-  ``JOBS_MAX_ATTEMPTS`` bounds how often. The soft limit is a bounded wait in
-  ``webapp.jobs.execution.run_serving``.
+  limit. Jobs still running were not acknowledged (``acks_late``): the
+  liveness checks (``webapp.jobs.liveness``) put them back on the queue once
+  the worker's heartbeat stops; ``JOBS_MAX_ATTEMPTS`` bounds how often. The soft limit is a bounded wait in
+  ``webapp.jobs.execution.run_stream`` (per step: a long stream that keeps making progress is not stuck).
 - **Batch records.** ``celery -A webapp inspect mlservices`` answers, per
   serving of each worker: device, model version, batcher settings, items
   waiting, and the most recent batches (size, key, wait, inference time).

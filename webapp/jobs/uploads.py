@@ -30,7 +30,7 @@ class QuotaExceeded(mlservices.InvalidInput):
 
 def stored_bytes(owner) -> int:
     uploads = owner.uploads().aggregate(n=Sum("size"))["n"] or 0
-    files = JobFile.objects.filter(job__in=owner.jobs().values("pk")).aggregate(n=Sum("size"))["n"] or 0
+    files = JobFile.objects.filter(job__in=owner.owned(Job.objects.all()).values("pk")).aggregate(n=Sum("size"))["n"] or 0
     return uploads + files
 
 
