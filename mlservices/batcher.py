@@ -23,7 +23,8 @@ all the items of one input, or none) and get ``concurrent.futures.Future``s.
   next batch is unaffected. Cancelled futures are skipped and free their place.
 
 Each batch is recorded (``records()``: size, key, how long its oldest item
-waited, how long inference took) for metrics, tests and ``retry_after``::
+waited, how long inference took, when it started) for metrics, tests and
+``retry_after``, and handed to ``observer(record)`` when one is given::
 
     b = Batcher(lambda xs: [x * 2 for x in xs], max_batch_size=4, max_wait_ms=5)
     b.submit(21).result()           # -> 42
@@ -55,6 +56,7 @@ class BatchRecord:
     wait_ms: float  # how long the batch's oldest item waited before inference
     inference_ms: float
     failed: bool
+    started_at: float = 0.0  # wall clock (time.time()) when inference started
 
 
 def retry_after(items: int, records: Iterable[BatchRecord], parallel: int = 1) -> int:
@@ -135,6 +137,7 @@ class Batcher:
         name: str = "batcher",
         parallel: int = 1,
         max_queued: int | None = None,
+        observer: Callable[[BatchRecord], None] | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}; use 1 or more")
@@ -143,6 +146,7 @@ class Batcher:
         if max_queued is not None and max_queued < 1:
             raise ValueError(f"max_queued={max_queued}; use 1 or more, or None for no bound")
         self._infer = infer
+        self._observer = observer
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queued = max_queued
@@ -250,7 +254,7 @@ class Batcher:
             batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
             if not batch:
                 continue
-            started = time.monotonic()
+            started, started_at = time.monotonic(), time.time()
             error: BaseException | None = None
             try:
                 outputs = self._infer([p.item for p in batch])
@@ -265,18 +269,20 @@ class Batcher:
                     f"{type(exc).__name__}: {exc}"
                 )
             finished = time.monotonic()
+            record = BatchRecord(
+                size=len(batch),
+                key=key,
+                wait_ms=(started - min(p.arrived for p in batch)) * 1000.0,
+                inference_ms=(finished - started) * 1000.0,
+                failed=error is not None,
+                started_at=started_at,
+            )
             with self._cond:  # recorded before callers wake, so they see it
-                self._records.append(
-                    BatchRecord(
-                        size=len(batch),
-                        key=key,
-                        wait_ms=(started - min(p.arrived for p in batch)) * 1000.0,
-                        inference_ms=(finished - started) * 1000.0,
-                        failed=error is not None,
-                    )
-                )
+                self._records.append(record)
             for i, p in enumerate(batch):
                 if error is not None:
                     p.future.set_exception(error)
                 else:
                     p.future.set_result(outputs[i])
+            if self._observer is not None:  # after the callers have their results
+                self._observer(record)

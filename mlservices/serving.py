@@ -52,6 +52,13 @@ function of the input (already normalised by the spec), with no model, that
 returns it normalised or raises
 ``InvalidInput``; front ends call ``serving.check(input)`` before they
 enqueue, so bad input is refused at the door, not in the worker.
+
+What a new model version must pass before it serves (``models validate``):
+``smoke=()`` (inputs it must run; empty: the ``warmup`` inputs),
+``check_result=None`` (a function of one result that raises ``ServingFailed``
+with the reason when the result is malformed), ``evaluate=None`` (a function
+of the ``LoadedServing`` that returns quality figures on the serving's own
+validation set, e.g. ``{"accuracy": 0.91, "examples": 872}``; numbers only).
 """
 
 from __future__ import annotations
@@ -93,6 +100,9 @@ class Serving:
     description: str = ""
     validate: Callable[[Any], Any] | None = None
     title: str = ""
+    smoke: tuple = ()
+    check_result: Callable[[Any], None] | None = None
+    evaluate: Callable[[LoadedServing], dict] | None = None
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
