@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 
-from webapp.jobs import api, pages
+from webapp.jobs import api, pages, schema_views
 
 urlpatterns = [
     path("", pages.home, name="home"),
@@ -11,5 +11,7 @@ urlpatterns = [
     path("api/jobs/<uuid:job_id>/files/<str:name>", api.job_file, name="api-job-file"),
     path("api/uploads", api.upload, name="api-uploads"),
     path("api/servings", api.servings, name="api-servings"),
+    path("api/schema/", schema_views.schema, name="api-schema"),
+    path("api/docs/", schema_views.docs, name="api-docs"),
     path("admin/", admin.site.urls),
 ]
