@@ -39,7 +39,7 @@ from .errors import IntegrityError, InvalidInput, ModelNotInstalled
 
 MANIFEST = "mlservices-manifest.json"
 SAFE_SUFFIXES = (".safetensors", ".onnx")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_DOWNLOAD_BYTES = 4 << 30  # no weights file of ours comes near; a runaway response stops here
@@ -156,41 +156,92 @@ def _hub(source: ModelSource) -> Located:
     return Located(folder, f"{source.ref}@{source.revision[:7]}", digest)
 
 
+def offline() -> bool:
+    """True when downloads are off: ``MLSERVICES_OFFLINE`` or ``HF_HUB_OFFLINE`` set, and not to 0/false/no/off."""
+    return any(
+        os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+        for name in ("MLSERVICES_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+def _hub_unreachable(ref: str, revision: str, exc: Exception, hint: str) -> ModelNotInstalled:
+    detail = str(exc).splitlines()[0][:200] if str(exc) else "no detail"
+    return ModelNotInstalled(
+        f"could not download {ref}@{revision[:7]} from the Hugging Face Hub ({type(exc).__name__}: {detail}). "
+        f"Is this machine offline?{hint}"
+    )
+
+
+def hub_files(ref: str, revision: str, patterns: tuple[str, ...], hint: str = "") -> dict[str, tuple[int, str | None]]:
+    """``{path: (size, sha256 or None)}`` of the files matching ``patterns`` in the Hub repo ``ref`` at ``revision``.
+
+    One call to the Hub, before anything is downloaded; a Hub that cannot be
+    reached (offline, unknown repo, rate limits) is a ``ModelNotInstalled``
+    ending with ``hint``. The sha256 is the one the Hub declares (LFS files).
+    """
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import filter_repo_objects
+
+        info = HfApi().model_info(ref, revision=revision, files_metadata=True)
+        siblings = filter_repo_objects(info.siblings or [], allow_patterns=list(patterns), key=lambda s: s.rfilename)
+        files = {s.rfilename: (s.size or 0, s.lfs.sha256 if s.lfs else None) for s in siblings}
+    except Exception as exc:  # offline, unknown repo, rate limits: all end the same way
+        raise _hub_unreachable(ref, revision, exc, hint) from exc
+    return files
+
+
+def fetch_snapshot(
+    ref: str, revision: str, into: Path, patterns: tuple[str, ...], expected: dict[str, str | None], hint: str = ""
+) -> dict[str, str]:
+    """Download the Hub snapshot ``ref@revision`` (files matching ``patterns``) into the folder ``into``.
+
+    Every safetensors/ONNX file downloaded must hash to its sha256 in
+    ``expected`` (from ``hub_files``, or pinned); returns ``{path: sha256}`` of
+    those weights. A failed download is a ``ModelNotInstalled`` ending with
+    ``hint``; a hash that differs, or a weights file without an expected
+    sha256, is an ``IntegrityError``.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(ref, revision=revision, local_dir=into, allow_patterns=list(patterns))
+    except Exception as exc:  # offline, unknown repo, rate limits: all end the same way
+        raise _hub_unreachable(ref, revision, exc, hint) from exc
+    shutil.rmtree(into / ".cache", ignore_errors=True)
+    digests = {}
+    for path in sorted(p for p in into.rglob("*") if p.suffix in SAFE_SUFFIXES):
+        name = path.relative_to(into).as_posix()
+        if not expected.get(name):
+            raise IntegrityError(f"the Hub declares no sha256 for {ref}/{name}; pin one with sha256=")
+        digests[name] = _verify(path, expected[name], f"{ref}/{name}")
+    return digests
+
+
 def download(source: ModelSource) -> Path:
     """Fetch a pinned Hub snapshot into the store, verifying the weights' hash."""
     folder = snapshot_dir(source)
     hint = f" {source.install_hint}" if source.install_hint else ""
-    if os.environ.get("MLSERVICES_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
+    if offline():
         raise ModelNotInstalled(
             f"model {source.ref}@{source.revision[:7]} is not in the model store ({folder}) and "
             f"downloads are off (MLSERVICES_OFFLINE/HF_HUB_OFFLINE is set).{hint}"
         )
+    expected = {name: sha for name, (_, sha) in hub_files(source.ref, source.revision, source.files, hint).items()}
+    if source.sha256:
+        expected[source.weights] = source.sha256.lower()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
     try:
-        from huggingface_hub import HfApi, snapshot_download
-
-        expected = source.sha256
-        if not expected:
-            (info,) = HfApi().get_paths_info(source.ref, [source.weights], revision=source.revision)
-            expected = info.lfs.sha256 if info.lfs else None
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
-        snapshot_download(
-            source.ref, revision=source.revision, local_dir=staging, allow_patterns=list(source.files)
-        )
-    except Exception as exc:  # offline, unknown repo, rate limits: all end the same way
-        raise ModelNotInstalled(
-            f"could not download {source.ref}@{source.revision[:7]} from the Hugging Face Hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}). "
-            f"Is this machine offline?{hint}"
-        ) from exc
-    try:
-        if not expected:
-            raise IntegrityError(f"the Hub declares no sha256 for {source.weights}; pin one with sha256=")
-        digest = _verify(staging / source.weights, expected, f"{source.ref}/{source.weights}")
+        digests = fetch_snapshot(source.ref, source.revision, staging, source.files, expected, hint)
+        if source.weights not in digests:
+            raise ModelNotInstalled(f"{source.ref}@{source.revision[:7]} has no {source.weights}.{hint}")
         (staging / MANIFEST).write_text(
-            json.dumps({"repo": source.ref, "revision": source.revision, "files": {source.weights: digest}}, indent=2)
+            json.dumps(
+                {"repo": source.ref, "revision": source.revision, "files": {source.weights: digests[source.weights]}},
+                indent=2,
+            )
         )
-        shutil.rmtree(staging / ".cache", ignore_errors=True)
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
