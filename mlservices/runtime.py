@@ -38,7 +38,8 @@ round-robin, so a 10 % canary gets exactly one request in ten::
 
 The ``Final`` event names the version that produced the result; for a route
 with a version name it always starts with ``"<version>@"``. Until something
-is deployed, the first use of a serving deploys ``Route()``: the settings'
+is deployed, the first use of a serving deploys ``first_routes(name)`` (e.g. the
+active versions a database names), by default ``Route()``: the settings'
 own options. ``mlservices.observers`` hears of every load, unload and batch.
 
 ``mlservices.run`` & co. use a module-level default runtime that
@@ -147,6 +148,9 @@ class Runtime:
         self._lock = threading.Lock()
         self._deploying: dict[str, threading.Lock] = {}
         self._draining: list[threading.Thread] = []
+        # What a serving's first use deploys (e.g. the active versions a database
+        # names); None: the settings' own model, ``[Route()]``.
+        self.first_routes: Callable[[str], list[Route]] | None = None
 
     def definition(self, name: str, options: Mapping[str, Any] | None = None) -> Serving:
         """Serving ``name`` built with this runtime's options (and ``options`` over
@@ -161,14 +165,18 @@ class Runtime:
 
     # --- versions -------------------------------------------------------------
 
-    def deploy(self, name: str, routes: list[Route]) -> None:
+    def deploy(self, name: str, routes: list[Route], *, first: bool = False) -> None:
         """Serve ``name`` with ``routes`` (see the module docstring); blocks while loading.
 
         A version that fails to load raises its error and nothing is switched.
+        ``first=True``: only if nothing serves ``name`` yet (a first use racing
+        an explicit deploy never replaces it).
         """
         routes = _checked_routes(name, routes)
         with self._deploy_lock(name):
             table = self._tables.get(name)
+            if first and table is not None:
+                return
             current = table.deployed if table else []
             if table and [d.route for d in current] == routes:
                 return
@@ -249,7 +257,7 @@ class Runtime:
     def _pick(self, name: str, version: str | None) -> Deployed:
         """The version this request runs on, counted as in use until released."""
         if name not in self._tables:
-            self.deploy(name, [Route()])
+            self._first_deploy(name)
         with self._lock:
             table = self._tables[name]
             if version is None:
@@ -274,9 +282,12 @@ class Runtime:
     def _main(self, name: str) -> Deployed:
         table = self._tables.get(name)
         if table is None:
-            self.deploy(name, [Route()])
+            self._first_deploy(name)
             table = self._tables[name]
         return table.main
+
+    def _first_deploy(self, name: str) -> None:
+        self.deploy(name, self.first_routes(name) if self.first_routes else [Route()], first=True)
 
     def load(self, names: list[str] | None = None) -> list[LoadedServing]:
         """Load ``names`` (default: every configured serving) now."""

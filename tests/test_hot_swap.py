@@ -170,3 +170,11 @@ def test_a_request_may_name_its_version(runtime, versions):
 def test_bad_routes_are_refused_with_the_fix(runtime, versions, routes, message):
     with pytest.raises(InvalidInput, match=message):
         runtime.deploy(NAME, routes)
+
+
+def test_first_use_deploys_first_routes_and_never_replaces_an_explicit_deploy(runtime, versions):
+    runtime.first_routes = lambda name: [route("v9")]
+    assert served_by(runtime, 1) == ["/store/v9"]
+    runtime.deploy(NAME, [route("v1")])
+    runtime.deploy(NAME, [Route()], first=True)  # a first use that lost the race: no effect
+    assert served_by(runtime, 1) == ["/store/v1"]
