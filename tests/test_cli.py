@@ -95,7 +95,7 @@ def test_cli_stdin_and_crlf_lines(tiny_sentiment_model):
     [
         (["run", "sentiment", "--model", "/nonexistent/model", "--text", "hi"], "does not exist"),
         (["run", "sentiment", "--text", "hi"], "downloads are off"),
-        (["run", "sentimant", "--text", "hi"], "no serving named 'sentimant'; known servings: background_removal, sentiment"),
+        (["run", "sentimant", "--text", "hi"], "no serving named 'sentimant'; known servings: background_removal, embeddings, sentiment"),
         (["run", "sentiment", "-o", "colour=blue", "--text", "hi"], "unknown option"),
         (["run", "sentiment", "--input", "/nonexistent.txt"], "No such file"),
         (["run", "sentiment", "--device", "bogus", "--text", "hi"], "--device 'bogus': use cpu, cuda, cuda:N"),

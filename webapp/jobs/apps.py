@@ -9,9 +9,11 @@ class JobsConfig(AppConfig):
     def ready(self):
         import mlservices
 
-        mlservices.discover()
-        if settings.MLSERVICES_EXTRA_SERVINGS:  # a site's own servings packages
-            mlservices.discover(*settings.MLSERVICES_EXTRA_SERVINGS)
+        from .startup import prepare_servings
+
+        # Every serving discovered (package, MLSERVICES_EXTRA_SERVINGS, entry points), configured
+        # and built: a name clash, an unknown option or a malformed spec stops the site here.
+        prepare_servings(settings.MLSERVICES, settings.MLSERVICES_EXTRA_SERVINGS)
         # Configuring loads nothing: each serving loads on first use (in-process
         # mode) or when the worker starts (Celery mode).
         mlservices.configure(settings.MLSERVICES)
