@@ -62,13 +62,15 @@ def test_the_worker_reserves_an_nvidia_gpu(services):
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
 
 
-def test_the_worker_runs_threads_on_its_servings_queues(services):
+def test_the_worker_runs_threads_on_every_servings_queue(services):
     worker = services["worker"]
     args = command(worker)
     assert args[:4] == ["celery", "-A", "webapp", "worker"]
     assert args[args.index("-P") + 1] == "threads"  # one process, one copy of each model, shared batches
-    queues = args[args.index("-Q") + 1].split(",")
-    assert queues == worker["environment"]["MLSERVICES_WORKER_SERVINGS"].split(",")
+    # No queue list and no serving list: it serves every discovered serving (webapp.worker.servings_to_serve),
+    # so a new serving module or an installed entry point is served without editing this file.
+    assert "-Q" not in args and "--queues" not in args
+    assert "MLSERVICES_WORKER_SERVINGS" not in worker["environment"]
 
 
 def test_the_web_process_serves_asgi_and_runs_no_model(services):
@@ -96,7 +98,7 @@ def test_web_and_worker_wait_for_healthy_redis_and_postgres_and_migrations(servi
 def test_the_worker_starts_after_the_weights_are_installed(services):
     assert services["worker"]["depends_on"]["models"]["condition"] == "service_completed_successfully"
     script = command(services["models"])[-1]
-    for serving in ("sentiment", "background_removal", "transcription"):
+    for serving in ("sentiment", "background_removal", "transcription", "embeddings"):
         assert f"python -m mlservices download {serving}" in script
 
 
@@ -152,6 +154,51 @@ def test_every_variable_compose_reads_is_documented(compose):
     assert variables and not sorted(v for v in variables if v not in documented)
 
 
+# --- the monitoring profile: Prometheus and Grafana (docs/operations.md) ------------------
+
+
+def test_prometheus_and_grafana_run_only_with_the_monitoring_profile(services):
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["grafana"]["profiles"] == ["monitoring"]
+    assert not any(services[name].get("profiles") for name in LONG_RUNNING)  # the site itself: always on
+    assert services["grafana"]["ports"] == ["127.0.0.1:${GRAFANA_PORT:-3000}:3000"]  # loopback only
+    assert "ports" not in services["prometheus"]
+
+
+def test_prometheus_scrapes_web_and_every_worker_with_the_metrics_token(compose, services):
+    prometheus = services["prometheus"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert prometheus["secrets"] == ["metrics_token"]
+    assert compose["secrets"]["metrics_token"] == {"environment": "METRICS_TOKEN"}
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"mlservices-web", "mlservices-worker"}
+    for job in jobs.values():
+        assert job["metrics_path"] == "/metrics"
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/metrics_token"}
+    web = command(services["web"])
+    assert jobs["mlservices-web"]["static_configs"] == [{"targets": [f"web:{web[web.index('-p') + 1]}"]}]
+    assert "web" in services["web"]["environment"]["DJANGO_ALLOWED_HOSTS"].rsplit("}", 1)[1].split(",")
+    worker = services["worker"]
+    (dns,) = jobs["mlservices-worker"]["dns_sd_configs"]
+    assert dns["names"] == ["worker"] and str(dns["port"]) == worker["environment"]["WORKER_METRICS_PORT"]
+    assert worker["expose"] == [worker["environment"]["WORKER_METRICS_PORT"]]
+    for name in ("web", "worker"):
+        assert services[name]["environment"]["METRICS_TOKEN"] == "${METRICS_TOKEN:-}"  # empty: metrics off
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(services):
+    grafana = services["grafana"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "./deploy/grafana/dashboard.json:/etc/grafana/dashboards/mlservices.json:ro" in grafana["volumes"]
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "mlservices.yml").read_text())["providers"]
+    assert provider["options"]["path"] == "/etc/grafana/dashboards"
+    assert json.loads((ROOT / "deploy" / "grafana" / "dashboard.json").read_text())["panels"]
+
+
 # --- the HTTP front: nginx in front of daphne ------------------------------------------
 
 
@@ -175,7 +222,8 @@ def test_the_front_is_the_only_published_service(services):
     assert front["ports"] == ["${WEB_PORT:-8000}:80"]
     assert "./deploy/nginx.conf:/etc/nginx/conf.d/default.conf:ro" in front["volumes"] and NGINX_CONF.is_file()
     assert front["depends_on"]["web"]["condition"] == "service_healthy"
-    assert [name for name, service in services.items() if service.get("ports")] == ["front"]
+    published = [name for name, service in services.items() if service.get("ports") and not service.get("profiles")]
+    assert published == ["front"]  # by default; the monitoring profile adds Grafana on the loopback
     assert services["web"]["expose"] == ["8000"]  # reachable from front only
 
 

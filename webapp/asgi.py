@@ -22,6 +22,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from webapp.body_limits import BodyLimits  # noqa: E402
 from webapp.jobs.routing import websocket_urlpatterns  # noqa: E402
 from webapp.origins import OriginValidator  # noqa: E402
+from webapp.status.routing import websocket_urlpatterns as status_websocket_urlpatterns  # noqa: E402
 
 if "daphne.server" in sys.modules:  # served by daphne: refuse bodies before daphne reads them
     from webapp import daphne_limits
@@ -31,6 +32,6 @@ if "daphne.server" in sys.modules:  # served by daphne: refuse bodies before dap
 application = ProtocolTypeRouter(
     {
         "http": BodyLimits(django_asgi_app),
-        "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns + status_websocket_urlpatterns))),
     }
 )

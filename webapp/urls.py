@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.urls import path
 
 from webapp.jobs import api, pages, schema_views
+from webapp.metrics.views import metrics
+from webapp.status.views import status_page
 
 urlpatterns = [
     path("", pages.home, name="home"),
@@ -13,5 +15,7 @@ urlpatterns = [
     path("api/servings", api.servings, name="api-servings"),
     path("api/schema/", schema_views.schema, name="api-schema"),
     path("api/docs/", schema_views.docs, name="api-docs"),
+    path("metrics", metrics, name="metrics"),
+    path("status/", status_page, name="status"),
     path("admin/", admin.site.urls),
 ]

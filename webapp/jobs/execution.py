@@ -28,6 +28,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from webapp import metrics
+
 from . import events, owners, uploads
 from .models import Job
 
@@ -151,6 +153,7 @@ def _finish(job: Job, files=(), **fields) -> bool:
             row.save()
     for name, value in fields.items():
         setattr(job, name, value)
+    metrics.job_finished(job)
     return True
 
 
@@ -206,9 +209,11 @@ def execute_prediction(
             if isinstance(event, mlservices.Final):
                 result = uploads.described(event.result)
                 events.prediction_ready(reply_channel, request_id, result, event.version)
+                metrics.prediction_finished(serving, event.version, None)
                 return {"result": result, "model_version": event.version}
     except Exception as exc:
         error = error_payload(exc)
         events.prediction_failed(reply_channel, request_id, error)
+        metrics.prediction_finished(serving, "", error["code"])
         return {"error": error}
     raise AssertionError("a stream always ends with its Final event")
