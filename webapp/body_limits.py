@@ -30,6 +30,7 @@ from django.conf import settings
 from webapp.http_errors import error_json
 
 UPLOAD_PATHS = ("/api/uploads", "/api/jobs")
+MODEL_UPLOAD_PATH = "/admin/versions/modelversion/add/"  # webapp.versions.admin
 FORM_FIELDS_ALLOWANCE = 64 * 1024
 MULTIPART = "multipart/form-data"
 
@@ -45,6 +46,8 @@ def limit_for(path: str, content_type: str) -> Limit:
     if content_type.split(";")[0].strip().lower() == MULTIPART and path in UPLOAD_PATHS:
         upload_max = getattr(settings, "MLSERVICES_UPLOAD_MAX_BYTES", 50 * 1024 * 1024)
         return Limit(upload_max + FORM_FIELDS_ALLOWANCE, "MLSERVICES_UPLOAD_MAX_BYTES")
+    if content_type.split(";")[0].strip().lower() == MULTIPART and path == MODEL_UPLOAD_PATH:  # staff adding a model version
+        return Limit(settings.MODELS_UPLOAD_MAX_BYTES + FORM_FIELDS_ALLOWANCE, "MODELS_UPLOAD_MAX_BYTES")
     return Limit(settings.DATA_UPLOAD_MAX_MEMORY_SIZE, "DJANGO_MAX_BODY_BYTES")
 
 

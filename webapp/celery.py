@@ -17,7 +17,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
 app = Celery("webapp")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["webapp.jobs"])
+app.autodiscover_tasks(["webapp.jobs", "webapp.versions"])
 
 
 @signals.celeryd_init.connect

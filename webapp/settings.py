@@ -43,6 +43,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "webapp.jobs",
+    "webapp.metrics",
+    "webapp.versions",
 ]
 
 MIDDLEWARE = [
@@ -123,7 +125,10 @@ if MLSERVICES_MODE not in ("inprocess", "celery"):
 MLSERVICES_HOME_SERVING = env("MLSERVICES_HOME_SERVING", "sentiment")
 
 # Options of each serving, by name (see `python -m mlservices list`).
-# MLSERVICES_CONFIG (JSON) is merged over these, serving by serving.
+# MLSERVICES_CONFIG (JSON) is merged over these, serving by serving. At start-up
+# (webapp/jobs/startup.py) every discovered serving missing here gets an entry,
+# with model/revision/sha256 from <NAME>_MODEL, <NAME>_REVISION, <NAME>_SHA256
+# (e.g. EMBEDDINGS_MODEL), and each one is built: a bad option stops the site.
 MLSERVICES = {
     "sentiment": {
         k: v
@@ -264,6 +269,26 @@ for _name, _limits in json.loads(env("MLSERVICES_TIME_LIMITS", "{}")).items():
     MLSERVICES_TIME_LIMITS.setdefault(
         _name, {"soft": MLSERVICES_SOFT_TIME_LIMIT, "hard": MLSERVICES_HARD_TIME_LIMIT}
     ).update({k: float(v) for k, v in _limits.items()})
+
+# --- Model versions (webapp.versions, docs/models.md) -----------------------
+# Every process holding servings (a worker; the web process in in-process mode)
+# checks the database for version changes this often (seconds; 0: never), on
+# top of the broadcast each admin action sends.
+MODELS_SYNC_INTERVAL = float(env("MODELS_SYNC_INTERVAL", "5"))
+# `manage.py models validate` waits this long (seconds) for a worker's outcome.
+MODELS_VALIDATE_TIMEOUT = float(env("MODELS_VALIDATE_TIMEOUT", "600"))
+# Largest model file or archive an admin may upload (bytes).
+MODELS_UPLOAD_MAX_BYTES = int(env("MODELS_UPLOAD_MAX_BYTES", str(2 * 1024**3)))
+
+# --- Metrics and the status page (docs/operations.md) -----------------------
+# Prometheus reads /metrics (and each worker's WORKER_METRICS_PORT) with the header
+# "Authorization: Bearer <METRICS_TOKEN>"; with no token set, metrics are not served.
+METRICS_TOKEN = env("METRICS_TOKEN")
+# A worker's own metrics port (0: none) and the address it listens on.
+WORKER_METRICS_PORT = int(env("WORKER_METRICS_PORT", "0"))
+WORKER_METRICS_HOST = env("WORKER_METRICS_HOST", "0.0.0.0")
+# How often the staff status page (/status/) is refreshed over its websocket (seconds).
+STATUS_REFRESH_S = float(env("STATUS_REFRESH_S", "2"))
 
 # --- Static files and the rest --------------------------------------------
 STATIC_URL = "static/"

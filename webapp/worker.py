@@ -25,7 +25,11 @@ that loads the app, but they act only in a worker:
   ``webapp.jobs.execution.run_stream`` (per step: a long stream that keeps making progress is not stuck).
 - **Batch records.** ``celery -A webapp inspect mlservices`` answers, per
   serving of each worker: device, model version, batcher settings, items
-  waiting, and the most recent batches (size, key, wait, inference time).
+  waiting, and the most recent batches (size, key, wait, inference time,
+  start); under ``versions`` the same for every deployed version, with the
+  last minute's figures (what the staff status page shows, docs/operations.md).
+- **Metrics.** With ``WORKER_METRICS_PORT`` and ``METRICS_TOKEN`` set, the
+  worker serves its Prometheus metrics on that port (``webapp.metrics.server``).
 - **Nothing stuck.** The worker names itself ``"<node name>:<pid>"`` on the
   jobs it claims (``execution.WORKER``) and starts ``webapp.jobs.liveness``
   before it loads its servings: heartbeats, the jobs of dead workers (and of
@@ -47,7 +51,7 @@ import threading
 import time
 
 from celery import signals
-from celery.worker.control import inspect_command
+from celery.worker.control import control_command, inspect_command
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger("webapp.worker")
@@ -99,7 +103,10 @@ def load_servings(names: list[str]) -> dict[str, str]:
     import mlservices
     from mlservices.devices import best_device
 
+    from webapp.versions import sync as versions
+
     runtime = mlservices.runtime.default()
+    runtime.first_routes = versions.first_routes  # the database's active versions, if any (docs/models.md)
     errors = {}
     for name in names:
         started = time.monotonic()
@@ -118,6 +125,7 @@ def load_servings(names: list[str]) -> dict[str, str]:
         )
     _state["loaded_in"] = os.getpid()
     _state["errors"] = errors
+    versions.start_polling(runtime, names)  # version changes a broadcast missed
     return errors
 
 
@@ -171,6 +179,9 @@ def _on_worker_setup(sender=None, instance=None, **kwargs):
     _check_limits(names)
     kombu_redis.Channel.QoS = OutageProofQoS  # this process's broker channels live through Redis outages
     _start_liveness(worker, names)
+    from webapp.metrics.server import start_from_settings
+
+    start_from_settings()  # WORKER_METRICS_PORT: this process's metrics (docs/operations.md)
     if pool == "prefork":
         log.warning(
             "the prefork pool loads one copy of every model per child process; prefer "
@@ -345,11 +356,47 @@ def _json_key(key):
     return key if key is None or isinstance(key, (bool, int, float, str)) else repr(key)
 
 
+def _batches(records, recent: int) -> list[dict]:
+    return [
+        {
+            "size": r.size,
+            "key": _json_key(r.key),
+            "wait_ms": round(r.wait_ms, 3),
+            "inference_ms": round(r.inference_ms, 3),
+            "failed": r.failed,
+            "started_at": round(r.started_at, 6),
+        }
+        for r in (records[-recent:] if recent > 0 else [])
+    ]
+
+
+def _version_report(deployed, recent: int, now: float) -> dict:
+    """One deployed version: its route, batcher settings, and the last minute of its batches."""
+    from webapp.status.figures import live
+
+    batcher, records = deployed.batcher, deployed.batcher.records()
+    return {
+        "version": deployed.loaded.version,
+        "route": deployed.route.version,
+        "weight": deployed.route.weight,
+        "device": deployed.loaded.device,
+        "batch_size": batcher.max_batch_size,
+        "batch_timeout_ms": batcher.max_wait * 1000,
+        "parallel_batches": batcher.parallel,
+        "max_queued": batcher.max_queued,
+        "pending": batcher.pending(),
+        "last_minute": live(records, now, batcher.max_batch_size),
+        "batches": _batches(records, recent),
+    }
+
+
 def report(recent: int = RECENT_BATCHES) -> dict:
-    """This process's servings and their recent batches, as JSON-able data."""
+    """This process's servings and their recent batches, as JSON-able data: per serving, its main
+    version's figures, and under ``versions`` every deployed version's (``time``: this process's clock)."""
     import mlservices
 
     runtime = mlservices.runtime.default()
+    now = time.time()
     servings = {}
     for name in runtime.loaded():
         loaded, batcher = runtime.serving(name), runtime.batcher(name)
@@ -361,18 +408,12 @@ def report(recent: int = RECENT_BATCHES) -> dict:
             "batch_timeout_ms": batcher.max_wait * 1000,
             "pending": batcher.pending(),
             "batches_recorded": len(records),
-            "batches": [
-                {
-                    "size": r.size,
-                    "key": _json_key(r.key),
-                    "wait_ms": round(r.wait_ms, 3),
-                    "inference_ms": round(r.inference_ms, 3),
-                    "failed": r.failed,
-                }
-                for r in records[-recent:]
-            ],
+            "batches": _batches(records, recent),
+            "versions": [_version_report(d, recent, now) for d in runtime.deployed(name) if d.loaded is not None],
         }
-    return {"pid": os.getpid(), "pool": _state["pool"], "servings": servings, "load_errors": _state["errors"]}
+    return {
+        "pid": os.getpid(), "pool": _state["pool"], "time": now, "servings": servings, "load_errors": _state["errors"],
+    }
 
 
 @inspect_command(
@@ -383,3 +424,16 @@ def report(recent: int = RECENT_BATCHES) -> dict:
 def _inspect_mlservices(state, recent=RECENT_BATCHES, **kwargs):
     """Servings of this worker and their recent batches (size, wait, inference time)."""
     return report(int(recent))
+
+
+@control_command(name="mlservices_sync", args=[("serving", str)], signature="[SERVING]")
+def _control_mlservices_sync(state, serving=None, **kwargs):
+    """Deploy the database's versions of this worker's servings now (sent after every admin action)."""
+    import mlservices
+
+    from webapp.versions import sync as versions
+
+    names = [n for n in _state["servings"] if serving in (None, n)]
+    if _state["in_worker"] and _state["loaded_in"] == os.getpid() and names:
+        versions.sync_in_background(mlservices.runtime.default(), names)  # never block the consumer
+    return {"ok": f"syncing {', '.join(names) or 'nothing'}"}

@@ -261,7 +261,7 @@ export class JobsList {
     const finished = parseTime(job.finished_at);
     const time = (date, iso) => h("time", { datetime: iso, title: date.toLocaleString(), text: clockText(date) });
     return h("p", { class: "job-meta" }, [
-      job.model_version ? h("span", { class: "model", "data-testid": "job-model", text: job.model_version }) : null,
+      job.model_version ? h("span", { class: "model", "data-testid": "job-model", text: `served by ${job.model_version}`, title: "the model version that produced this result" }) : null,
       queued ? h("span", {}, ["queued ", time(queued, job.queued_at)]) : null,
       finished
         ? h("span", {}, [
