@@ -277,8 +277,10 @@ for _name, _limits in json.loads(env("MLSERVICES_TIME_LIMITS", "{}")).items():
 MODELS_SYNC_INTERVAL = float(env("MODELS_SYNC_INTERVAL", "5"))
 # `manage.py models validate` waits this long (seconds) for a worker's outcome.
 MODELS_VALIDATE_TIMEOUT = float(env("MODELS_VALIDATE_TIMEOUT", "600"))
-# Largest model file or archive an admin may upload (bytes).
-MODELS_UPLOAD_MAX_BYTES = int(env("MODELS_UPLOAD_MAX_BYTES", str(2 * 1024**3)))
+# Largest model file or archive an admin may upload (bytes). The limit is applied
+# before the request is read, so before the admin login is checked: anyone may send
+# this much to that one URL. Bigger models: `manage.py models import` or a server path.
+MODELS_UPLOAD_MAX_BYTES = int(env("MODELS_UPLOAD_MAX_BYTES", str(512 * 1024**2)))
 
 # --- Metrics and the status page (docs/operations.md) -----------------------
 # Prometheus reads /metrics (and each worker's WORKER_METRICS_PORT) with the header
