@@ -435,18 +435,20 @@ class Worker:
             self.replies.forget(request_id)
 
     def stop(self) -> None:
-        if self.replies is not None:
-            self.replies.close()
-        if self.app is not None:
-            self.app.close()
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
+        """Close the client side, then end the worker process (whatever the closing raised)."""
         try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            if self.replies is not None:
+                self.replies.close()
+            if self.app is not None:
+                self.app.close()
+        finally:
+            if self.process is not None and self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
 
 
 class Replies:
@@ -504,6 +506,19 @@ class Replies:
     def forget(self, request_id: int) -> None:
         with self.lock:
             self.pending.pop(request_id, None)
+
+    def hop_ms(self) -> float:
+        """Milliseconds for one message sent on the channel layer to this reply channel to reach
+        its reader: the hop every answer of the worker takes (Redis, both ways, and two thread hand-offs)."""
+        request_id, answer = self.expect()
+        started = time.perf_counter()
+        try:
+            message = {"type": "bench.hop", "request_id": request_id}
+            asyncio.run_coroutine_threadsafe(self.layer.send(self.channel, message), self.loop).result(ANSWER_TIMEOUT)
+            answer.result(timeout=ANSWER_TIMEOUT)
+        finally:
+            self.forget(request_id)
+        return (time.perf_counter() - started) * 1000.0
 
     def close(self) -> None:
         async def closing() -> None:
@@ -612,10 +627,11 @@ def write_json(results: dict, out: Path | None, benchmark: str) -> Path:
     return out
 
 
-def run_and_report(run, args, benchmark: str, columns, legend: str, verdict) -> int:
-    """``main``'s common part: run the bench, write its JSON, print the table, the verdict
-    lines, what was skipped and the warnings. Exit 2 when it failed, 1 when ``--check``
-    finds a target NOT MET, else 0."""
+def run_and_report(run, args, benchmark: str, columns, legend: str, verdict, more=None) -> int:
+    """``main``'s common part: run the bench, write its JSON, print the table (and
+    ``more(results)``: further text, e.g. another table), the verdict lines, what was
+    skipped and the warnings. Exit 2 when it failed, 1 when ``--check`` finds a target
+    NOT MET, else 0."""
     try:
         results = run(args)
     except BenchError as exc:
@@ -623,6 +639,9 @@ def run_and_report(run, args, benchmark: str, columns, legend: str, verdict) -> 
         return 2
     out = write_json(results, args.out, benchmark)
     say("\n" + table(results["records"], columns, legend))
+    if more is not None:
+        for text in more(results):
+            say("\n" + text)
     lines = verdict(results)
     for line in lines:
         say(line)

@@ -351,7 +351,7 @@ class ProgressBar:
 def workers(runtime: Runtime, name: str) -> int:
     """Inputs in flight at once: enough to fill every batch the serving runs, and the next ones."""
     serving = runtime.serving(name).serving
-    return max(2, 2 * serving.batch_size * serving.parallel_batches)
+    return max(2, 2 * serving.batch_size * runtime.batcher(name).parallel)
 
 
 def run_inputs(

@@ -237,6 +237,7 @@ class Runtime:
             max_wait_ms=serving.batch_timeout_ms,
             name=name,
             parallel=serving.parallel_batches,
+            threads=loaded.batch_threads,
             max_queued=serving.max_queued,
             observer=lambda record: observers.publish(observers.BatchDone(name, version, record)),
         )

@@ -42,8 +42,9 @@ The stages:
 Options (fields) and their defaults: ``spec=InputSpec()`` (what the serving
 accepts, ``mlservices.spec``), ``batch_size=8`` (most items in one inference
 call), ``batch_timeout_ms=5.0`` (how long the first item of a batch waits for
-company), ``parallel_batches=1`` (how many batches run inference at once,
-each on its own thread), ``max_queued=1000`` (most items waiting for a batch
+company), ``parallel_batches=None`` (how many batches run inference at once,
+each on its own thread; ``None``: as many as the CPUs share out, see below, or
+1 for a serving without ``set_threads``), ``max_queued=1000`` (most items waiting for a batch
 across all callers; past it a call raises ``Overloaded`` with a
 ``retry_after``), ``warmup=()`` (inputs run once by ``setup``),
 ``description=""``, ``title=""`` (the name people see, e.g. "Transcribe" in
@@ -52,6 +53,16 @@ function of the input (already normalised by the spec), with no model, that
 returns it normalised or raises
 ``InvalidInput``; front ends call ``serving.check(input)`` before they
 enqueue, so bad input is refused at the door, not in the worker.
+
+Threads, for a serving that can be told how many intra-op threads a batch
+uses (a torch model: ``torch.set_num_threads`` applies to the calling thread):
+``set_threads=None`` (a function ``set_threads(model, n)`` that makes the
+calling thread's next inference use ``n`` threads) and ``threads=None`` (the
+threads a batch alone gets; ``None``: the CPUs this process may use). With
+both, on a CPU, the batcher picks each batch's threads as it starts it
+(``mlservices.batcher``): a request alone gets them all; when several batches
+are ready they run at once, one thread each on 2 CPUs. Without
+``set_threads`` batches keep the model's own thread settings.
 
 What a new model version must pass before it serves (``models validate``):
 ``smoke=()`` (inputs it must run; empty: the ``warmup`` inputs),
@@ -65,13 +76,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from .batcher import batch_threads
 from .errors import InvalidInput, ServingError, ServingFailed
 from .spec import InputSpec
 
 log = logging.getLogger(__name__)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +112,7 @@ class Serving:
     spec: InputSpec = InputSpec()
     batch_size: int = 8
     batch_timeout_ms: float = 5.0
-    parallel_batches: int = 1
+    parallel_batches: int | None = None
     max_queued: int = 1000
     warmup: tuple = ()
     description: str = ""
@@ -103,16 +121,25 @@ class Serving:
     smoke: tuple = ()
     check_result: Callable[[Any], None] | None = None
     evaluate: Callable[[LoadedServing], dict] | None = None
+    threads: int | None = None
+    set_threads: Callable[[Any, int], None] | None = None
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InvalidInput(
                 f"serving {self.name!r}: batch_size={self.batch_size!r}; use an integer of at least 1"
             )
-        if not isinstance(self.parallel_batches, int) or self.parallel_batches < 1:
+        if self.parallel_batches is not None and (
+            not isinstance(self.parallel_batches, int) or self.parallel_batches < 1
+        ):
             raise InvalidInput(
-                f"serving {self.name!r}: parallel_batches={self.parallel_batches!r}; use an integer of at least 1"
+                f"serving {self.name!r}: parallel_batches={self.parallel_batches!r}; use an integer of at least 1, "
+                "or null to let the batcher decide"
             )
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InvalidInput(f"serving {self.name!r}: threads={self.threads!r}; use an integer of at least 1")
+        if self.parallel_batches is None and self.set_threads is None:  # nothing to share out: one at a time
+            object.__setattr__(self, "parallel_batches", 1)
         if not isinstance(self.max_queued, int) or self.max_queued < 1:
             raise InvalidInput(
                 f"serving {self.name!r}: max_queued={self.max_queued!r}; use an integer of at least 1"
@@ -166,6 +193,15 @@ class LoadedServing:
         self.version = str(getattr(model, "version", None) or serving.name)
 
     @property
+    def batch_threads(self) -> int | None:
+        """The intra-op threads the batcher shares between batches (``Batcher(threads=...)``):
+        the serving's ``threads`` or the CPUs, when it takes ``set_threads`` and runs on a CPU;
+        else ``None`` (batches keep the model's own settings)."""
+        if self.serving.set_threads is None or self.device != "cpu":
+            return None
+        return self.serving.threads or usable_cpus()
+
+    @property
     def name(self) -> str:
         return self.serving.name
 
@@ -191,7 +227,12 @@ class LoadedServing:
         return items, fanned
 
     def infer(self, items: list) -> list:
+        """One batch through ``inference``; first the threads the batcher gave it, if any
+        (``set_threads``, in this thread)."""
+        threads = batch_threads()
         try:
+            if threads is not None and self.serving.set_threads is not None:
+                self.serving.set_threads(self.model, threads)
             outputs = list(self.serving.inference(self.model, items))
         except ServingError:
             raise

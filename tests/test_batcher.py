@@ -13,9 +13,10 @@ from functools import partial
 import pytest
 
 import mlservices
-from mlservices import Batcher, BatchRecord, InvalidInput, Runtime, ServingFailed
-from mlservices.batcher import retry_after
+from mlservices import Batcher, BatchRecord, InvalidInput, LoadedServing, Runtime, ServingFailed
+from mlservices.batcher import batch_threads, retry_after, threads_for
 from mlservices.errors import Overloaded
+from mlservices.serving import usable_cpus
 from mlservices.testing import Toy, Turnstile, Windows
 
 WAIT = 10  # seconds; only ever reached when a test is failing
@@ -512,3 +513,188 @@ def test_max_queued_is_a_serving_option():
         runtime.close()
     finally:
         mlservices.registry.unregister("toy-bounded")
+
+
+# --- the adaptive strategy: threads shared out batch by batch (Batcher(threads=...)) ---
+
+
+def test_threads_for_2_threads_alone_is_2_and_beside_another_batch_is_1():
+    assert threads_for(2, 2, running=0, used=0, waiting=0) == 2  # alone: all of them
+    assert threads_for(2, 2, running=0, used=0, waiting=1) == 1  # another batch is ready behind it
+    assert threads_for(2, 2, running=0, used=0, waiting=9) == 1  # at most 2 run together
+    assert threads_for(2, 2, running=1, used=1, waiting=0) == 1  # another runs on the other thread
+
+
+def test_threads_for_4_threads_on_2_batches_is_2_each_and_16_alone_beside_8_is_8():
+    assert threads_for(4, 2, running=0, used=0, waiting=3) == 2
+    assert threads_for(4, 2, running=1, used=2, waiting=0) == 2
+    assert threads_for(16, 16, running=1, used=8, waiting=0) == 8  # what the running one leaves
+    assert threads_for(16, 16, running=0, used=0, waiting=3) == 4
+
+
+def test_threads_for_1_thread_and_2_parallel_batches_is_1_each():
+    # ``threads: 1, parallel_batches: 2``: two batches at once, one thread each, as configured.
+    assert threads_for(1, 2, running=0, used=0, waiting=0) == 1
+    assert threads_for(1, 2, running=1, used=1, waiting=0) == 1
+
+
+class Threaded(Toy):
+    """The toy, also recording the threads each batch was given (``batch_threads()``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.threads: list[tuple[list, int | None]] = []
+
+    def inference(self, model, items: list) -> list:
+        self.threads.append((list(items), batch_threads()))
+        return super().inference(model, items)
+
+
+def sharing_batcher(toy: Toy, batch_size: int, threads: int, **options) -> Batcher:
+    return Batcher(
+        partial(toy.inference, toy), max_batch_size=batch_size, max_wait_ms=1, name="toy", threads=threads, **options
+    )
+
+
+def test_one_batch_alone_gets_2_threads():
+    toy = Threaded()
+    batcher = sharing_batcher(toy, batch_size=4, threads=2)
+    assert batcher.parallel == 2  # parallel defaults to the threads shared
+    assert batcher.submit(21).result(WAIT) == 42
+    assert toy.threads == [([21], 2)]
+    assert batcher.records()[-1].threads == 2
+    assert batch_threads() is None  # only inside a batch's inference
+    batcher.close()
+
+
+def test_two_ready_batches_get_1_thread_each_and_run_at_once():
+    toy = Threaded(open_gate=False)
+    toy.gate = turnstile = Turnstile()
+    batcher = sharing_batcher(toy, batch_size=2, threads=2)
+    batcher.submit("blocker")
+    assert toy.started.get(timeout=WAIT) == ["blocker"]  # alone: it holds both threads
+    futures = [batcher.submit(i) for i in (1, 2, 3, 4)]
+    assert batcher.pending() == 4  # no batch starts beside it: no thread is free
+    turnstile.release(1)  # the blocker ends; 2 batches are ready
+    batches = sorted(sorted(toy.started.get(timeout=WAIT)) for _ in range(2))  # both inside inference at once
+    assert batches == [[1, 2], [3, 4]]
+    turnstile.release(2)
+    assert [f.result(WAIT) for f in futures] == [2, 4, 6, 8]
+    assert toy.threads[0] == (["blocker"], 2)
+    assert sorted((sorted(items), n) for items, n in toy.threads[1:]) == [([1, 2], 1), ([3, 4], 1)]
+    assert sorted(r.threads for r in batcher.records()) == [1, 1, 2]
+    batcher.close()
+
+
+def test_a_batch_that_starts_beside_a_running_one_gets_the_1_thread_left():
+    toy = Threaded(open_gate=False)
+    toy.gate = turnstile = Turnstile()
+    batcher = sharing_batcher(toy, batch_size=2, threads=2)
+    batcher.submit("blocker")
+    assert toy.started.get(timeout=WAIT) == ["blocker"]
+    first = [batcher.submit(i) for i in (1, 2, 3, 4)]
+    turnstile.release(1)  # the blocker ends; [1, 2] and [3, 4] start on 1 thread each
+    for _ in range(2):
+        toy.started.get(timeout=WAIT)
+    turnstile.release(1)  # one of them ends; the other still runs
+    late = batcher.submit(5)  # alone in the queue, beside a running batch
+    assert toy.started.get(timeout=WAIT) == [5]
+    turnstile.set()
+    assert late.result(WAIT) == 10 and [f.result(WAIT) for f in first] == [2, 4, 6, 8]
+    assert toy.threads[-1] == ([5], 1)
+    assert batcher.submit(6).result(WAIT) == 12  # all done: alone again, all threads
+    assert toy.threads[-1] == ([6], 2)
+    batcher.close()
+
+
+def test_a_cancelled_batch_and_a_failed_batch_give_their_threads_back():
+    toy = Threaded(open_gate=False)
+    toy.gate = turnstile = Turnstile()
+    batcher = sharing_batcher(toy, batch_size=2, threads=2)
+    batcher.submit("blocker")
+    assert toy.started.get(timeout=WAIT) == ["blocker"]
+    doomed = batcher.submit(1)
+    assert doomed.cancel()
+    failing = batcher.submit("boom-infer")
+    turnstile.set()
+    with pytest.raises(ServingFailed, match="boom"):
+        failing.result(WAIT)
+    assert batcher.submit(7).result(WAIT) == 14  # every thread is free again: it runs, alone, on 2
+    assert toy.threads[-1] == ([7], 2)
+    batcher.close()
+
+
+def test_without_threads_batches_keep_the_model_settings():
+    toy = Threaded()
+    batcher = Batcher(partial(toy.inference, toy), max_batch_size=2, max_wait_ms=1, name="toy")
+    assert batcher.parallel == 1
+    assert batcher.submit(1).result(WAIT) == 2
+    assert toy.threads == [([1], None)] and batcher.records()[-1].threads is None
+    batcher.close()
+
+
+def test_a_serving_with_set_threads_is_told_2_then_1_by_the_batcher():
+    toy = Toy(open_gate=False)
+    toy.gate = turnstile = Turnstile()
+    told: list[int] = []
+    loaded = toy.serving(batch_size=2, threads=2, set_threads=lambda model, n: told.append(n)).setup("cpu")
+    assert loaded.serving.parallel_batches is None and loaded.batch_threads == 2
+    batcher = Batcher(loaded.infer, max_batch_size=2, max_wait_ms=1, name="toy", threads=loaded.batch_threads)
+    assert batcher.parallel == 2
+    batcher.submit("blocker")
+    assert toy.started.get(timeout=WAIT) == ["blocker"]
+    futures = [batcher.submit(i) for i in (1, 2, 3, 4)]
+    turnstile.release(1)  # the blocker ends; [1, 2] and [3, 4] start together
+    for _ in range(2):
+        toy.started.get(timeout=WAIT)
+    turnstile.set()
+    assert [f.result(WAIT) for f in futures] == [2, 4, 6, 8]
+    assert told == [2, 1, 1]
+    batcher.close()
+
+
+def test_threads_are_shared_only_on_a_cpu_and_only_for_a_serving_that_takes_them():
+    toy = Toy()
+    sharing = toy.serving(set_threads=lambda model, n: None)
+    assert LoadedServing(sharing, toy, "cpu").batch_threads == usable_cpus()  # threads=None: every CPU
+    assert LoadedServing(sharing, toy, "cuda").batch_threads is None
+    plain = toy.serving()
+    assert plain.parallel_batches == 1  # nothing to share out: one batch at a time, as before
+    assert LoadedServing(plain, toy, "cpu").batch_threads is None
+    assert toy.serving(parallel_batches=3, set_threads=lambda model, n: None).parallel_batches == 3
+    with pytest.raises(InvalidInput, match="threads=0; use an integer of at least 1"):
+        toy.serving(threads=0)
+    with pytest.raises(ValueError, match="threads=0; use 1 or more"):
+        Batcher(lambda xs: xs, max_batch_size=1, max_wait_ms=0, threads=0)
+
+
+def test_5_requests_alone_one_after_another_run_on_the_loop_that_ran_the_last():
+    # Its OpenMP threads are the ones still awake; the other loop leaves it the batch.
+    loops: list[str] = []
+
+    def infer(items):
+        loops.append(threading.current_thread().name)
+        return [x * 2 for x in items]
+
+    batcher = Batcher(infer, max_batch_size=4, max_wait_ms=0, name="toy", threads=2)
+    assert [batcher.submit(i).result(WAIT) for i in range(5)] == [0, 2, 4, 6, 8]
+    assert len(loops) == 5 and len(set(loops)) == 1, loops
+    assert [r.threads for r in batcher.records()] == [2] * 5
+    batcher.close()
+
+
+def test_the_runtime_shares_2_threads_with_a_serving_that_takes_them():
+    told: list[int] = []
+    toy = Toy()
+    mlservices.register("toy-threads")(
+        lambda: toy.serving("toy-threads", threads=2, set_threads=lambda model, n: told.append(n))
+    )
+    runtime = Runtime({"toy-threads": {}}, device="cpu")
+    try:
+        batcher = runtime.batcher("toy-threads")
+        assert (batcher.parallel, batcher.threads) == (2, 2)
+        assert runtime.batched_run("toy-threads", 21) == {"input": 21, "output": 42}
+        assert told == [2] and batcher.records()[-1].threads == 2  # alone: both threads
+    finally:
+        runtime.close()
+        mlservices.registry.unregister("toy-threads")

@@ -63,8 +63,37 @@ def tiny_args(model, data, out, *extra):
         "--inputs", ",".join(KINDS), "--concurrency", ",".join(map(str, CONCURRENCY)),
         "--threads", "1", "--budget", "0.3", "--warmup", "0.05",
         "--raw-budget", "0.05", "--raw-batch-sizes", "1,4",
-        "--wait-quiet", "0", "--retries", "0", *extra,
+        "--wait-quiet", "0", "--retries", "0", "--alone-rounds", "2", *extra,
     ]  # fmt: skip
+
+
+def check_websocket(results: dict, *, with_worker: bool) -> None:
+    """The site over real websockets: measured at 1 and 3 clients, alone, and its probes."""
+    paths = ["ws_inprocess"] + (["ws_worker"] if with_worker else [])
+    assert results["settings"]["ws_concurrency"] == [1, 3]
+    assert sorted(results["websocket"]["sites"]) == sorted(paths)
+    for name in paths:
+        site = results["websocket"]["sites"][name]
+        assert "webapp.asgi:application" in site["command"]
+        assert json.loads(site["MLSERVICES_CONFIG"]) == {"sentiment": {"threads": 1}}
+        assert results["websocket"]["probes"][f"{name}_ping"]["p50_ms"] > 0
+    assert ("redis_channel_hop" in results["websocket"]["probes"]) == with_worker
+    for r in results["records"]:
+        for name in ("ws_inprocess", "ws_worker"):
+            if name in paths:
+                assert r[f"{name}_items_per_s"] > 0 and r[f"{name}_completed"] > 0, (name, r)
+                assert 0 < r[f"{name}_p50_ms"] <= r[f"{name}_p99_ms"]
+            else:
+                assert r[f"{name}_items_per_s"] is None and r[f"{name}_p50_ms"] is None
+        if r["concurrency"] == 1:
+            assert r["latency_breakdown_ms"]["raw_batch_of_one"] > 0
+            assert (r["latency_breakdown_ms"]["websocket_and_site_over_worker"] is not None) == with_worker
+    for kind in KINDS:
+        alone = results["alone"][kind]
+        assert alone["rounds"] == 2
+        assert sorted(alone["p50_ms"]) == sorted(["raw", "inprocess_batched", *paths] + (["worker"] if with_worker else []))
+        assert all(v > 0 for v in alone["p50_ms"].values())
+        assert set(alone["over_raw_ms"]) == set(alone["p50_ms"]) - {"raw"}
 
 
 def check_schema(results: dict, *, with_worker: bool) -> None:
@@ -110,10 +139,41 @@ def test_percentile_is_nearest_rank():
     assert bench.percentile([float(i) for i in range(1, 101)], 99) == 99.0
 
 
+def test_interleaved_runs_every_path_once_per_round_on_the_same_text():
+    seen = []
+    calls = {name: (lambda text, name=name: seen.append((name, text))) for name in ("raw", "a", "b")}
+    alone = bench.interleaved(calls, ["x", "y"], rounds=3)
+    assert seen == [(name, text) for text in ("x", "y", "x") for name in ("raw", "a", "b")]
+    assert alone["rounds"] == 3 and sorted(alone["p50_ms"]) == ["a", "b", "raw"]
+    assert sorted(alone["over_raw_ms"]) == ["a", "b"]
+
+
+def test_the_latency_breakdown_is_the_difference_of_the_paths_over_raw():
+    alone = {
+        "p50_ms": {"raw": 20.0},
+        "over_raw_ms": {"inprocess_batched": 0.5, "ws_inprocess": 2.5, "worker": 4.0, "ws_worker": 5.25},
+    }
+    probes = {"ws_inprocess_ping": {"p50_ms": 0.4}, "redis_channel_hop": {"p50_ms": 0.9}}
+    assert bench.latency_breakdown(alone, probes) == {
+        "raw_batch_of_one": 20.0,
+        "serving_over_raw": 0.5,
+        "websocket_and_site_over_serving": 2.0,
+        "websocket_round_trip_alone": 0.4,
+        "celery_and_reply_over_serving": 3.5,
+        "redis_channel_hop_alone": 0.9,
+        "websocket_and_site_over_worker": 1.25,
+    }
+    without_worker = {"p50_ms": {"raw": 20.0}, "over_raw_ms": {"inprocess_batched": 0.5, "ws_inprocess": 2.5}}
+    parts = bench.latency_breakdown(without_worker, {})
+    assert parts["celery_and_reply_over_serving"] is None and parts["websocket_and_site_over_worker"] is None
+
+
 def test_bench_in_process_paths_write_the_documented_json(tiny_sentiment_model, tiny_data, tmp_path, isolated):
     out = tmp_path / "results.json"
     assert bench.main(tiny_args(tiny_sentiment_model, tiny_data, out, "--no-worker")) == 0
-    check_schema(json.loads(out.read_text()), with_worker=False)
+    results = json.loads(out.read_text())
+    check_schema(results, with_worker=False)
+    check_websocket(results, with_worker=False)
 
 
 @pytest.mark.redis
@@ -127,6 +187,7 @@ def test_bench_drives_a_real_worker(tiny_sentiment_model, tiny_data, tmp_path, i
     assert bench.main(args) == 0
     results = json.loads(out.read_text())
     check_schema(results, with_worker=True)
+    check_websocket(results, with_worker=True)
     worker = results["settings"]["worker"]
     assert json.loads(worker["MLSERVICES_CONFIG"]) == {"sentiment": {"threads": 1}}
     assert "-P threads" in worker["command"] and "-Q sentiment" in worker["command"]

@@ -17,7 +17,13 @@ Options (``build("sentiment", ...)`` or settings) and defaults:
   longer text is cut and the result says ``truncated: True``;
 - ``max_chars``: characters looked at before tokenising (default 20,000), so
   enormous text costs no more than long text;
-- ``threads``: torch intra-op threads (default: torch's choice);
+- ``threads``: torch intra-op threads of a batch that runs alone (default: the
+  CPUs); on a CPU the batcher shares them out batch by batch (``set_threads``:
+  a request alone gets them all, batches ready together run at once on a
+  share each; ``mlservices.batcher``);
+- ``validation_set``: a labelled TSV (``sentence<TAB>label``, 1 = positive, a
+  header line allowed) whose accuracy a new model version's validation reports
+  (default: ``$SENTIMENT_VALIDATION_SET``; none: no quality figure);
 - ``batch_size`` (16) and ``batch_timeout_ms`` (0: a batch leaves as soon as
   the model is free; requests that arrive while it is busy form the next one):
   the batcher's.
@@ -30,8 +36,11 @@ longest member.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+from pathlib import Path
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, ServingFailed
 from ..model_store import ModelSource, locate
 from ..registry import register
 from ..serving import Prepared, Serving
@@ -126,6 +135,14 @@ def inference(model: SentimentModel, items: list) -> list:
     return probabilities.cpu().tolist()
 
 
+def set_threads(model: SentimentModel, n: int) -> None:
+    """The serving's ``set_threads``: torch's intra-op threads for the calling thread's next batch
+    (``torch.set_num_threads`` applies to the OpenMP and MKL work of the thread that calls it)."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def postprocess(model: SentimentModel, probabilities: list[float], context: dict) -> dict:
     best = max(range(len(probabilities)), key=probabilities.__getitem__)
     return {
@@ -137,6 +154,62 @@ def postprocess(model: SentimentModel, probabilities: list[float], context: dict
     }
 
 
+SMOKE = (
+    "I loved this movie; the acting was wonderful.",
+    "A dull, painfully boring film.",
+    {"text": "not bad at all"},
+)
+EVALUATION_BATCH = 32
+
+
+def check_result(result) -> None:
+    """A new version's result must be a label with a score, scores over the labels that sum to 1."""
+    if not isinstance(result, dict) or not {"label", "score", "scores", "model", "truncated"} <= set(result):
+        raise ServingFailed(f"sentiment: malformed result {str(result)[:200]}; expected label, score, scores, model, truncated")
+    scores = result["scores"]
+    if not isinstance(scores, dict) or not scores or not all(
+        isinstance(p, (int, float)) and math.isfinite(p) and 0 <= p <= 1 for p in scores.values()
+    ):
+        raise ServingFailed(f"sentiment: scores {str(scores)[:200]} are not probabilities between 0 and 1")
+    if abs(sum(scores.values()) - 1) > 0.01 * len(scores):
+        raise ServingFailed(f"sentiment: scores sum to {sum(scores.values()):.4f}, not 1")
+    if result["label"] not in scores or result["score"] != max(scores.values()):
+        raise ServingFailed(f"sentiment: label {result['label']!r} is not the best-scored of {sorted(scores)}")
+
+
+def read_labelled(path: Path) -> list[tuple[str, int]]:
+    """The (sentence, label) rows of a ``sentence<TAB>label`` file; a header line is skipped."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        sentence, _, label = line.rpartition("\t")
+        if label.strip() in ("0", "1") and sentence.strip():
+            rows.append((sentence, int(label)))
+        elif number > 1 and line.strip():
+            raise InvalidInput(f"sentiment: {path} line {number} is not 'sentence<TAB>0|1'; fix or remove it")
+    if not rows:
+        raise InvalidInput(f"sentiment: {path} holds no labelled rows ('sentence<TAB>0|1')")
+    return rows
+
+
+def evaluator(path: Path):
+    """``Serving.evaluate``: accuracy on the labelled file at ``path`` (label 1 = the POSITIVE label)."""
+
+    def evaluate(loaded) -> dict:
+        rows = read_labelled(path)
+        labels = [label.upper() for label in loaded.model.labels]
+        positive = labels.index("POSITIVE") if "POSITIVE" in labels else len(labels) - 1
+        correct = 0
+        for start in range(0, len(rows), EVALUATION_BATCH):
+            chunk = rows[start : start + EVALUATION_BATCH]
+            items = [preprocess(loaded.model, sentence).item for sentence, _ in chunk]
+            for probabilities, (_, label) in zip(loaded.infer(items), chunk):
+                predicted = max(range(len(probabilities)), key=probabilities.__getitem__)
+                correct += (predicted == positive) == bool(label)
+        return {"accuracy": round(correct / len(rows), 4), "examples": len(rows)}
+
+    return evaluate
+
+
 @register("sentiment")
 def sentiment(
     model: str = DEFAULT_MODEL,
@@ -145,7 +218,9 @@ def sentiment(
     max_length: int | None = None,
     max_chars: int = 20_000,
     threads: int | None = None,
+    validation_set: str | None = None,
 ) -> Serving:
+    validation_set = validation_set or os.environ.get("SENTIMENT_VALIDATION_SET") or None
     max_length, max_chars, threads = (
         setting.coerce("sentiment", value) for setting, value in zip(SETTINGS, (max_length, max_chars, threads))
     )
@@ -187,8 +262,13 @@ def sentiment(
         postprocess=postprocess,
         batch_size=16,
         batch_timeout_ms=0.0,
+        threads=threads,
+        set_threads=set_threads,
         warmup=("Warming up the sentiment model.",),
         description="Sentiment of English text (label, score, all label scores).",
         spec=InputSpec(kind="text", renderer="sentiment"),  # the web door bounds the text (MLSERVICES_MAX_TEXT_CHARS)
         validate=checked,
+        smoke=SMOKE,
+        check_result=check_result,
+        evaluate=evaluator(Path(validation_set).expanduser()) if validation_set else None,
     )
