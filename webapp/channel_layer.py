@@ -23,6 +23,12 @@ class InProcessChannelLayer(InMemoryChannelLayer):
         self._receiving_loop = asyncio.get_running_loop()
         return await super().receive(channel)
 
+    def receiving_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The running loop that receives from this layer, if any: a thread's send is
+        scheduled straight onto it (``webapp.jobs.events``)."""
+        loop = self._receiving_loop
+        return loop if loop is not None and loop.is_running() and not loop.is_closed() else None
+
     def _foreign_loop(self) -> asyncio.AbstractEventLoop | None:
         loop = self._receiving_loop
         if loop is None or loop.is_closed() or not loop.is_running() or loop is asyncio.get_running_loop():

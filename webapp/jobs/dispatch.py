@@ -11,6 +11,7 @@ only the hop in between differs. Nothing else knows the mode.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +73,15 @@ def predict(serving: str, input, reply_channel: str, request_id, owner: str | No
         )
     else:
         _pool("predictions").submit(_closing, execute_prediction, serving, input, reply_channel, request_id, owner)
+
+
+async def apredict(serving: str, input, reply_channel: str, request_id, owner: str | None = None) -> None:
+    """``predict`` for the event loop: in-process the work is only handed to a thread pool (no
+    wait, no thread hop); through Celery the broker call runs on a thread."""
+    if distributed():
+        await asyncio.to_thread(predict, serving, input, reply_channel, request_id, owner)
+    else:
+        predict(serving, input, reply_channel, request_id, owner)
 
 
 def resume_unfinished(**signal_kwargs) -> int:

@@ -12,30 +12,65 @@ them, not caring which mode produced them:
 
 A push that fails is logged, never raised: the state is in the database, and
 a page that reconnects reads it there.
+
+Events are published from threads (a job's, a Celery task's). Each send runs
+on an event loop that lives as long as the process (the in-process layer's
+receiving loop when it has one, else a publisher thread's), so the layer's
+connections stay open between events: no new event loop, and no new Redis
+connection, per event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from . import owners
 from .models import Job
 
 log = logging.getLogger(__name__)
+SEND_TIMEOUT_S = 20.0  # above the Redis layer's socket timeout (15 s): an outage fails the send, not the wait
+
+
+class _Publisher:
+    """An event loop on a daemon thread of this process (a fresh one after a fork)."""
+
+    def __init__(self):
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._loop, self._pid = asyncio.new_event_loop(), os.getpid()
+                threading.Thread(target=self._loop.run_forever, name="events-publisher", daemon=True).start()
+            return self._loop
+
+
+_publisher = _Publisher()
 
 
 def _send(what: str, group: str | None = None, channel: str | None = None, **message) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    receiving = getattr(layer, "receiving_loop", None)
+    loop = (receiving() if receiving else None) or _publisher.loop()
+    sending = layer.group_send(group, message) if group is not None else layer.send(channel, message)
     try:
-        if group is not None:
-            async_to_sync(layer.group_send)(group, message)
-        else:
-            async_to_sync(layer.send)(channel, message)
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    try:
+        if running is loop:  # already on that loop: send without waiting on ourselves
+            loop.create_task(sending)
+            return
+        asyncio.run_coroutine_threadsafe(sending, loop).result(timeout=SEND_TIMEOUT_S)
     except Exception:  # the page has gone, or the layer is away: the database has the state
         log.warning("could not push %s", what, exc_info=True)
 

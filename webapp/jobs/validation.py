@@ -51,6 +51,12 @@ def spec_json(name: str) -> dict:
     return {**definition(name).spec.as_json(), "limits": limits(name)}
 
 
+def reads_database(name: str) -> bool:
+    """Whether ``check`` of serving ``name`` reads the database (a file serving looks its upload up);
+    a text or JSON serving's check is pure, cheap enough to run on the event loop."""
+    return definition(name).spec.is_file
+
+
 def check(owner, name: str, input, *, live: bool = False) -> tuple[object, Upload | None]:
     """``live``: for a live prediction (which may use a live upload), not a job."""
     serving = definition(name)
