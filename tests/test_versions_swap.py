@@ -189,7 +189,8 @@ async def test_activating_v2_mid_stream_fails_no_job_and_each_names_its_version(
     names = check_versions(jobs, stream.ids, expected)
     assert set(names[: stream.marks["activate"]]) == {"v1"}
     assert set(names[stream.marks["switched"]:]) == {"v2"}
-    assert names == sorted(names), "once a job ran on v2 no later job ran on v1"
+    # Between the two marks either version may serve a job, in any order: the worker's threads
+    # pick a job's version when its stream starts, and a job sent earlier may start later.
 
 
 async def test_a_rollback_from_another_process_mid_stream_is_picked_up_by_the_workers_poll(
@@ -313,6 +314,5 @@ def test_in_process_the_web_process_swaps_versions_mid_stream_without_failing_a_
         stream, jobs = asyncio.run(scenario())
     names = check_versions(jobs, stream.ids, expected)
     assert set(names[: stream.marks["activate"]]) == {"v1"} and set(names[stream.marks["switched"]:]) == {"v2"}
-    assert names == sorted(names)
     assert "ready on" in (tmp_path / "daphne.log").read_text()  # the web process itself served the models
 

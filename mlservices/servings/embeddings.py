@@ -42,7 +42,7 @@ from ..model_store import ModelSource, locate
 from ..registry import register
 from ..serving import Prepared, Serving
 from ..spec import InputSpec, Option
-from .sentiment import length_bucket
+from .sentiment import length_bucket, set_threads
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_REVISION = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
@@ -187,6 +187,7 @@ def embeddings(
         validate=checked,
         batch_size=32,
         batch_timeout_ms=0.0,
+        set_threads=set_threads,  # on a CPU the batcher shares the cores out batch by batch
         warmup=("Warming up the embeddings model.",),
         smoke=("The quick brown fox jumps over the lazy dog.", {"text": "A second sentence.", "normalize": False}),
         check_result=check_result,
