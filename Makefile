@@ -16,7 +16,7 @@ export SENTIMENT_MODEL ?= $(SHARED_SENTIMENT)
 export BACKGROUND_REMOVAL_MODEL ?= $(SHARED_U2NETP)
 export TRANSCRIPTION_MODEL ?= $(SHARED_WHISPER)
 
-.PHONY: install run test stack worker bench bench-bg bench-transcription migrate clean
+.PHONY: install run test stack worker bench bench-deps bench-bg bench-transcription migrate clean
 
 install: $(VENV)/.installed
 
@@ -57,11 +57,11 @@ bench: install
 
 # Background removal and transcription, beside rembg / faster-whisper and the
 # Hugging Face pipeline (bench/README.md); those come from the `bench` extra.
-bench-bg bench-transcription: install
+bench-deps: install
 	$(PY) -m pip install -q -e '.[bench]'
-bench-bg:
+bench-bg: bench-deps
 	$(PY) -m bench.background_removal $(BENCH_ARGS)
-bench-transcription:
+bench-transcription: bench-deps
 	$(PY) -m bench.transcription $(BENCH_ARGS)
 
 clean:
