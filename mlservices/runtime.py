@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
@@ -60,7 +58,7 @@ from typing import Any
 
 from . import observers, registry
 from .batcher import Batcher
-from .devices import best_device
+from .devices import best_device, release_memory
 from .errors import InvalidInput
 from .events import Event, Final, Progress
 from .serving import LoadedServing, Serving
@@ -248,10 +246,7 @@ class Runtime:
         deployed.drain()
         version = deployed.loaded.version
         deployed.loaded = None
-        gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
+        release_memory()
         observers.publish(observers.Unloaded(name, version))
         log.info("serving %s: version %s drained and freed", name, version)
 

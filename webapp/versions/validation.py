@@ -15,17 +15,15 @@ mismatch, an evaluation that fails) is the figures so far plus ``error``.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
 import statistics
-import sys
 import time
 
 import mlservices
 from django.db import connections
-from mlservices.devices import best_device
+from mlservices.devices import best_device, release_memory
 
 from webapp.jobs.uploads import described
 
@@ -62,14 +60,6 @@ def quality_figures(serving: str, figures) -> dict:
     ):
         raise Refused(f"{serving}: evaluate returned {summary(figures)}; it must return a dict of finite numbers")
     return figures
-
-
-def release_memory() -> None:
-    """Free what dropped models held now (CUDA's cache too when CUDA is in use)."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 def validate_version(serving: str, version: str, runtime: mlservices.Runtime | None = None, repo=None) -> dict:
