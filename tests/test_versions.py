@@ -487,6 +487,7 @@ def test_the_models_command_imports_validates_activates_canaries_rolls_back_and_
         assert ok(manage(env, "retire", "sentiment", "v2")) == "sentiment v2: retired\n"
         assert [v["status"] for v in json.loads(ok(manage(env, "list", "--json")))["sentiment"]] == ["active", "retired"]
 
+        # `make test` sets SENTIMENT_MODEL to a local folder, which cannot be pulled: the default Hub model is
         offline = refused(manage(env, "pull", "sentiment", "--version", "hub"))
         assert "the Hugging Face Hub is unreachable" in offline and "python manage.py models import sentiment PATH --version NAME" in offline
         assert "no serving named 'nope'" in refused(manage(env, "rollback", "nope"))

@@ -23,6 +23,7 @@ import mlservices
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from mlservices import model_store
 
 from webapp.versions import actions
 from webapp.versions.models import ModelVersion
@@ -31,12 +32,15 @@ POLL_S = 0.2
 
 
 def pull_defaults(serving: str) -> tuple[str, str]:
-    """The Hub id and revision ``pull`` uses by default: the settings' (MLSERVICES), else the
-    serving's own default model at its module's ``DEFAULT_REVISION``."""
+    """The Hub id and revision ``pull`` uses by default: the settings' (MLSERVICES) when they
+    name a Hub id (a local folder or a URL cannot be pulled), else the serving's own default
+    model at its module's ``DEFAULT_REVISION``."""
     configured = settings.MLSERVICES.get(serving, {})
     default_model = mlservices.registry.options(serving).get("model")
-    ref = configured.get("model") or default_model or ""
-    revision = configured.get("revision") or ""
+    model = configured.get("model") or ""
+    hub_id = model and not (model_store.is_local(str(model)) or model_store.is_url(str(model)))
+    ref = (model if hub_id else default_model) or ""
+    revision = (configured.get("revision") if hub_id else "") or ""
     if not revision and ref == default_model:
         revision = getattr(sys.modules[mlservices.registry.factory(serving).__module__], "DEFAULT_REVISION", "")
     return str(ref), str(revision)
