@@ -6,7 +6,8 @@ import pytest
 
 import mlservices
 from mlservices import InvalidInput, ModelNotInstalled, Runtime
-from mlservices.servings.sentiment import length_bucket, read_text
+from mlservices.servings.sentiment import read_text
+from mlservices.tokens import length_bucket
 
 mlservices.discover()
 

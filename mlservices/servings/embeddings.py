@@ -26,7 +26,7 @@ and defaults:
 - ``max_chars``: characters looked at before tokenising (default 20,000);
 - ``batch_size`` (32) and ``batch_timeout_ms`` (0): the batcher's.
 
-Texts are batched in token-length buckets (``sentiment.length_bucket``: 16,
+Texts are batched in token-length buckets (``mlservices.tokens.length_bucket``: 16,
 32, 64, … tokens), so a short text is never padded to a long one.
 """
 
@@ -42,7 +42,7 @@ from ..model_store import ModelSource, locate
 from ..registry import register
 from ..serving import Prepared, Serving
 from ..spec import InputSpec, Option
-from .sentiment import length_bucket, set_threads
+from ..tokens import set_torch_threads, tokenized
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_REVISION = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
@@ -82,15 +82,8 @@ def checked(input: dict) -> dict:
 
 
 def preprocess(model: EmbeddingsModel, input: dict) -> Prepared:
-    text = input["text"]
-    encoding = model.tokenizer(text[: model.max_chars], truncation=True, max_length=model.max_length)
-    overflow = encoding.encodings[0].overflowing if encoding.encodings else []
-    ids = {k: v for k, v in encoding.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    return Prepared(
-        item=ids,
-        context={"truncated": len(text) > model.max_chars or bool(overflow), "normalize": input["normalize"]},
-        key=length_bucket(len(ids["input_ids"])),
-    )
+    ids, truncated, key = tokenized(model.tokenizer, input["text"], model.max_chars, model.max_length)
+    return Prepared(item=ids, context={"truncated": truncated, "normalize": input["normalize"]}, key=key)
 
 
 def inference(model: EmbeddingsModel, items: list) -> list[list[float]]:
@@ -187,7 +180,7 @@ def embeddings(
         validate=checked,
         batch_size=32,
         batch_timeout_ms=0.0,
-        set_threads=set_threads,  # on a CPU the batcher shares the cores out batch by batch
+        set_threads=set_torch_threads,  # on a CPU the batcher shares the cores out batch by batch
         warmup=("Warming up the embeddings model.",),
         smoke=("The quick brown fox jumps over the lazy dog.", {"text": "A second sentence.", "normalize": False}),
         check_result=check_result,

@@ -45,6 +45,7 @@ from ..model_store import ModelSource, locate
 from ..registry import register
 from ..serving import Prepared, Serving
 from ..spec import InputSpec, Option
+from ..tokens import set_torch_threads, tokenized
 
 DEFAULT_MODEL = "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
 DEFAULT_REVISION = "714eb0fa89d2f80546fda750413ed43d93601a13"
@@ -72,14 +73,6 @@ class SentimentModel:
     max_length: int
     max_chars: int
     labels: list[str]
-
-
-def length_bucket(n_tokens: int) -> int:
-    """The smallest power of two ≥ n_tokens, at least 16: the batch key."""
-    bucket = 16
-    while bucket < n_tokens:
-        bucket *= 2
-    return bucket
 
 
 def checked(input) -> dict:
@@ -115,15 +108,8 @@ def read_text(input) -> str:
 
 def preprocess(model: SentimentModel, input) -> Prepared:
     text = read_text(input)
-    cut = len(text) > model.max_chars
-    encoding = model.tokenizer(text[: model.max_chars], truncation=True, max_length=model.max_length)
-    overflow = encoding.encodings[0].overflowing if encoding.encodings else []
-    ids = {k: v for k, v in encoding.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    return Prepared(
-        item=ids,
-        context={"truncated": cut or bool(overflow)},
-        key=length_bucket(len(ids["input_ids"])),
-    )
+    ids, truncated, key = tokenized(model.tokenizer, text, model.max_chars, model.max_length)
+    return Prepared(item=ids, context={"truncated": truncated}, key=key)
 
 
 def inference(model: SentimentModel, items: list) -> list:
@@ -133,14 +119,6 @@ def inference(model: SentimentModel, items: list) -> list:
     with torch.inference_mode():
         probabilities = model.network(**batch).logits.float().softmax(dim=-1)
     return probabilities.cpu().tolist()
-
-
-def set_threads(model: SentimentModel, n: int) -> None:
-    """The serving's ``set_threads``: torch's intra-op threads for the calling thread's next batch
-    (``torch.set_num_threads`` applies to the OpenMP and MKL work of the thread that calls it)."""
-    import torch
-
-    torch.set_num_threads(n)
 
 
 def postprocess(model: SentimentModel, probabilities: list[float], context: dict) -> dict:
@@ -263,7 +241,7 @@ def sentiment(
         batch_size=16,
         batch_timeout_ms=0.0,
         threads=threads,
-        set_threads=set_threads,
+        set_threads=set_torch_threads,
         warmup=("Warming up the sentiment model.",),
         description="Sentiment of English text (label, score, all label scores).",
         spec=InputSpec(kind="text", renderer="sentiment"),  # the web door bounds the text (MLSERVICES_MAX_TEXT_CHARS)
